@@ -1,0 +1,91 @@
+"""Defaults every config starts from: the seed's method (VP SDE, seed U-Net, Adam 1e-4).
+
+Dataset configs (`digits.py`, `cbis_ddsm.py`, ...) call `get_config()` here and
+override what differs. Run any config with
+
+    sgc-train --config configs/<name>.py --workdir /tmp/run
+    sgc-evaluate --config configs/<name>.py --workdir /tmp/run
+
+and override a field from the command line, e.g. `--config.training.num_steps=100`.
+"""
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.seed = 0
+
+  config.data = data = ml_collections.ConfigDict()
+  data.name = "digits"
+  data.builder_config = ""        # TFDS builder config, e.g. "full_384"
+  data.data_dir = ""              # "" -> $SGC_DATA_DIR or ~/.cache/sgc_jax/tfds
+  data.bit_depth = 8              # bits per stored pixel (8 or 16)
+  data.range = (0.0, 1.0)         # model-space range of pixel values; the seed uses [0, 1]
+  data.num_channels = 1           # stored grey channel replicated to this many (seed: 3)
+  data.random_flip = (False, False)  # (horizontal, vertical) flips in training
+  data.validation_fraction = 0.1  # of train, held out to fit the calibration temperature
+
+  config.sde = sde = ml_collections.ConfigDict()
+  sde.name = "vp"
+  sde.beta_min = 0.1
+  sde.beta_max = 20.0
+  sde.sigma_min = 0.01            # VE only
+  sde.sigma_max = 50.0            # VE only
+
+  config.model = model = ml_collections.ConfigDict()
+  model.name = "unet"
+  model.dtype = "float32"
+  model.unet = ml_collections.ConfigDict({"channels": (32, 64, 128, 256, 512)})
+  model.ddpmpp = ml_collections.ConfigDict({
+      "ch": 64, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 2,
+      "attn_resolutions": (16,), "dropout": 0.1})
+  model.mlp = ml_collections.ConfigDict({"hidden": 256, "depth": 3})
+
+  config.training = training = ml_collections.ConfigDict()
+  training.batch_size = 32
+  training.num_steps = 1000
+  training.learning_rate = 1e-4
+  training.lr_schedule = "step"       # "constant" | "step" | "cosine"
+  training.lr_decay_every_epochs = 20  # step schedule: x lr_decay_factor every this many epochs
+  training.lr_decay_factor = 0.2
+  training.warmup_steps = 0
+  training.grad_clip_norm = 0.0       # 0 disables clipping
+  training.ema_decay = 0.0            # 0 disables the EMA (the seed has none)
+  training.eps = 1e-5                 # smallest training time
+  training.reduce_mean = False        # the seed sums the squared error over pixels
+  training.likelihood_weighting = False
+  training.importance_sampling = False
+  training.label_dropout = 0.0        # needs a model with a null label (ddpmpp, mlp)
+  training.log_every = 50
+  training.checkpoint_every = 500
+  training.keep_checkpoints = 3
+
+  config.eval = evaluation = ml_collections.ConfigDict()
+  evaluation.split = "test"
+  evaluation.estimator = "ode"        # "ode" (probability-flow likelihood) | "denoising" (bound)
+  evaluation.batch_size = 32
+  evaluation.solver = "tsit5"
+  evaluation.adaptive = True
+  evaluation.rtol = 1e-5
+  evaluation.atol = 1e-5
+  evaluation.num_steps = 100          # fixed-step solves only
+  evaluation.grid = "quadratic"
+  evaluation.eps = 1e-5
+  evaluation.max_steps = 4096
+  evaluation.divergence = "hutchinson"
+  evaluation.probe = "rademacher"
+  evaluation.num_probes = 1
+  evaluation.num_time_samples = 64    # denoising estimator only
+  evaluation.prior = "uniform"        # "uniform" | "empirical"
+  evaluation.calibrate = True
+  evaluation.max_examples = 0         # 0 = the whole split
+  evaluation.num_samples = 4          # per class, for the sample grid (0 disables)
+  evaluation.sampler = "ode"          # "ode" | "euler_maruyama" | "pc"
+
+  config.baseline = baseline = ml_collections.ConfigDict()
+  baseline.enabled = False
+  baseline.width = 32
+  baseline.num_steps = 1000
+  baseline.batch_size = 64
+  baseline.learning_rate = 1e-3
+  return config

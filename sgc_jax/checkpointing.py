@@ -1,0 +1,57 @@
+"""The one place that talks to orbax: save, keep K, and resume the latest step.
+
+A checkpoint holds the train state (restored exactly into an abstract target,
+so shardings and dtypes come back as they were) and the data iterator's state
+as JSON, so a resumed run sees the same batches as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import orbax.checkpoint as ocp
+
+
+def make_manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """A manager for `workdir/checkpoints` that keeps the `max_to_keep` latest steps."""
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
+                               options=options)
+
+
+def save(manager: ocp.CheckpointManager, step: int, state: Any,
+         data_state: dict | None = None, *, wait: bool = False) -> None:
+  """Saves `state` (a pytree of arrays) and the JSON-able `data_state` at `step`."""
+  items = {"state": ocp.args.StandardSave(state)}
+  if data_state is not None:
+    items["data"] = ocp.args.JsonSave(data_state)
+  manager.save(step, args=ocp.args.Composite(**items))
+  if wait:
+    manager.wait_until_finished()
+
+
+def latest_step(manager: ocp.CheckpointManager) -> int | None:
+  return manager.latest_step()
+
+
+def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | None = None,
+            *, with_data_state: bool = True) -> tuple[Any, dict | None]:
+  """Restores (state, data_state) at `step` (default: latest) into `abstract_state`.
+
+  `abstract_state` is a pytree of `jax.ShapeDtypeStruct` (with shardings), e.g.
+  from `jax.eval_shape`; passing it is what makes the restore exact.
+  """
+  step = manager.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f"no checkpoint under {manager.directory}")
+  items = {"state": ocp.args.StandardRestore(abstract_state)}
+  if with_data_state and "data" in (manager.item_metadata(step) or {}):
+    items["data"] = ocp.args.JsonRestore()
+  restored = manager.restore(step, args=ocp.args.Composite(**items))
+  return restored["state"], (restored["data"] if "data" in items else None)
+
+
+def abstract_like(tree: Any) -> Any:
+  """Shape/dtype/sharding skeleton of a concrete pytree, for `restore`."""
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

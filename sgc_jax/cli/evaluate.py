@@ -1,0 +1,32 @@
+"""sgc-evaluate: classify a split with the latest checkpoint of a workdir.
+
+    sgc-evaluate --config configs/digits.py --workdir /tmp/digits
+
+Writes WORKDIR/eval_<split>/metrics.json, predictions.csv and PNG plots.
+"""
+import json
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from sgc_jax import evaluation
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  del argv
+  report = evaluation.evaluate(FLAGS.config, FLAGS.workdir)
+  print(json.dumps(report, indent=2))
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,0 +1,79 @@
+"""Checks a config before any work starts; every error names the offending field."""
+from __future__ import annotations
+
+import numpy as np
+
+from sgc_jax import sde as sde_lib
+from sgc_jax import solvers
+from sgc_jax.likelihood import DIVERGENCES, PROBES
+
+LR_SCHEDULES = ("constant", "step", "cosine")
+ESTIMATORS = ("ode", "denoising")
+PRIORS = ("uniform", "empirical")
+SAMPLERS = ("ode", "euler_maruyama", "pc")
+_BIT_DEPTHS = {np.dtype(np.uint8): (8,), np.dtype(np.uint16): (10, 12, 14, 16)}
+
+
+def _require(ok: bool, field: str, message: str) -> None:
+  if not ok:
+    raise ValueError(f"{field}: {message}")
+
+
+def _one_of(value, options, field: str) -> None:
+  _require(value in options, field, f"{value!r} is not one of {list(options)}")
+
+
+def validate_config(config, builder=None):
+  """Validates `config` (and its fit to the dataset `builder`, if given).
+
+  Returns a copy with `data.num_classes` filled in from the dataset.
+  """
+  config = config.copy_and_resolve_references()
+  data, training, evaluation = config.data, config.training, config.eval
+  lo, hi = data.range
+  _require(hi > lo, "data.range", f"expects (low, high) with high > low, got {tuple(data.range)}")
+  _require(data.num_channels >= 1, "data.num_channels", f"must be >= 1, got {data.num_channels}")
+  _require(len(data.random_flip) == 2, "data.random_flip", "expects (horizontal, vertical)")
+  _require(0.0 <= data.validation_fraction < 1.0, "data.validation_fraction",
+           f"must be in [0, 1), got {data.validation_fraction}")
+  _one_of(config.sde.name.lower(), sde_lib.SDES, "sde.name")
+  if config.sde.name.lower() == "ve":
+    _require(0 < config.sde.sigma_min < config.sde.sigma_max, "sde.sigma_max",
+             "needs 0 < sigma_min < sigma_max")
+  else:
+    _require(0 < config.sde.beta_min < config.sde.beta_max, "sde.beta_max",
+             "needs 0 < beta_min < beta_max")
+
+  for name in ("batch_size", "num_steps", "log_every", "checkpoint_every", "keep_checkpoints"):
+    _require(training[name] >= 1, f"training.{name}", f"must be >= 1, got {training[name]}")
+  _require(training.learning_rate > 0, "training.learning_rate", "must be > 0")
+  _one_of(training.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
+  _require(0.0 <= training.ema_decay < 1.0, "training.ema_decay", "must be in [0, 1)")
+  _require(0.0 <= training.label_dropout < 1.0, "training.label_dropout", "must be in [0, 1)")
+  _require(0.0 < training.eps < 1.0, "training.eps", "must be in (0, 1)")
+  if training.label_dropout:
+    _require(config.model.name in ("ddpmpp", "mlp"), "training.label_dropout",
+             f"model {config.model.name!r} has no null label to drop to")
+
+  _one_of(evaluation.estimator, ESTIMATORS, "eval.estimator")
+  _one_of(evaluation.solver.lower(), solvers.SOLVERS, "eval.solver")
+  _one_of(evaluation.grid, solvers.TIME_GRIDS, "eval.grid")
+  _one_of(evaluation.divergence, DIVERGENCES, "eval.divergence")
+  _one_of(evaluation.probe, PROBES, "eval.probe")
+  _one_of(evaluation.prior, PRIORS, "eval.prior")
+  _one_of(evaluation.sampler, SAMPLERS, "eval.sampler")
+  _require(evaluation.batch_size >= 1, "eval.batch_size", "must be >= 1")
+  _require(evaluation.num_probes >= 1, "eval.num_probes", "must be >= 1")
+
+  if builder is not None:
+    feature = builder.info.features["image"]
+    dtype = np.dtype(feature.np_dtype)
+    _require(data.bit_depth in _BIT_DEPTHS.get(dtype, ()), "data.bit_depth",
+             f"{data.bit_depth} does not fit the {dtype} records of {builder.name}")
+    stored_channels = feature.shape[-1]
+    _require(data.num_channels % stored_channels == 0, "data.num_channels",
+             f"{data.num_channels} is not a multiple of the stored {stored_channels} channel(s)")
+    _one_of(evaluation.split, list(builder.info.splits), "eval.split")
+    with config.unlocked():
+      config.data.num_classes = builder.info.features["label"].num_classes
+  return config

@@ -1,0 +1,116 @@
+"""One reader for every dataset: grain over a TFDS array_record data source.
+
+Training batches come from a deterministic, per-epoch reshuffled, per-process
+sharded grain pipeline whose iterator state is a small JSON dict (saved in
+checkpoints, so a resumed run continues with the very next batch). Evaluation
+reads a split in record order, padded to whole batches.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import grain
+import numpy as np
+
+from sgc_jax.data import records
+from sgc_jax.data.builders import get_builder_class
+
+# Fields a batch carries to the device; metadata strings stay on the host.
+ARRAY_FIELDS = ("image", "label")
+
+
+def load_builder(data_config):
+  """Returns the prepared builder for a config's `data` block.
+
+  The embedded default is built on first use; datasets that need the user's
+  manual download must have been converted with `sgc-convert` first.
+  """
+  builder_cls = get_builder_class(data_config.name)
+  data_dir = data_config.get("data_dir") or records.default_data_dir()
+  builder_config = data_config.get("builder_config") or None
+  if getattr(builder_cls, "MANUAL_DOWNLOAD_INSTRUCTIONS", None):
+    kwargs = {"data_dir": data_dir, "file_format": records.FILE_FORMAT}
+    if builder_config:
+      kwargs["config"] = builder_config
+    builder = builder_cls(**kwargs)
+    if not builder.is_prepared():
+      raise FileNotFoundError(
+          f"data.name: no {data_config.name} records under {builder.data_dir}; convert the "
+          f"manual download once with `sgc-convert {data_config.name} --manual_dir DIR "
+          f"--data_dir {data_dir}`")
+    return builder
+  return records.prepare(builder_cls, data_dir, config=builder_config)
+
+
+def _select_arrays(record):
+  return {k: np.asarray(record[k]) for k in ARRAY_FIELDS}
+
+
+def train_dataset(source, *, batch_size: int, seed: int, shard_index: int = 0,
+                  shard_count: int = 1) -> grain.IterDataset:
+  """Infinite batches of `batch_size` for one process, reshuffled every epoch.
+
+  Each process reads only its `shard_index`-th slice of the records.
+  """
+  if len(source) < shard_count * batch_size:
+    raise ValueError(f"training.batch_size: {batch_size} per process is larger than the "
+                     f"{len(source) // shard_count} training records each process holds")
+  dataset = (grain.MapDataset.source(source)[shard_index::shard_count]
+             .shuffle(seed=seed)
+             .map(_select_arrays)
+             .repeat()
+             .batch(batch_size, drop_remainder=True))
+  # Background threads read and decode records while the device computes; the
+  # iterator state (the next index) stays exact, so resuming is unaffected.
+  read_options = grain.ReadOptions(num_threads=2, prefetch_buffer_size=2 * batch_size)
+  return dataset.to_iter_dataset(read_options=read_options)
+
+
+def eval_batches(source, *, batch_size: int, shard_index: int = 0, shard_count: int = 1,
+                 fields=ARRAY_FIELDS) -> Iterator[tuple[dict, int]]:
+  """Yields (batch, n_valid): the shard's records in order, last batch padded.
+
+  Padding repeats the last record, so shapes stay static (no retracing) and the
+  caller drops the padded rows with `n_valid`.
+  """
+  shard = grain.MapDataset.source(source)[shard_index::shard_count]
+  n = len(shard)
+  for start in range(0, n, batch_size):
+    rows = [shard[i] for i in range(start, min(start + batch_size, n))]
+    n_valid = len(rows)
+    rows += [rows[-1]] * (batch_size - n_valid)
+    yield {k: np.stack([np.asarray(r[k]) for r in rows]) for k in fields}, n_valid
+
+
+def labels_of(source) -> np.ndarray:
+  """All labels of a source, for empirical priors and class weights."""
+  return np.asarray([int(source[i]["label"]) for i in range(len(source))])
+
+
+class SubsetSource:
+  """A random-access view of some records of another source."""
+
+  def __init__(self, source, indices):
+    self._source = source
+    self._indices = np.asarray(indices, np.int64)
+
+  def __len__(self) -> int:
+    return len(self._indices)
+
+  def __getitem__(self, i):
+    return self._source[int(self._indices[i])]
+
+
+def train_validation_sources(builder, validation_fraction: float, *, seed: int):
+  """Splits the train records into (train, validation) sources, stratified and fixed.
+
+  The validation part fits the calibration temperature and is never trained on.
+  """
+  source = records.data_source(builder, "train")
+  if not validation_fraction:
+    return source, None
+  from sklearn.model_selection import train_test_split  # pylint: disable=g-import-not-at-top
+  labels = labels_of(source)
+  train_idx, val_idx = train_test_split(np.arange(len(source)), test_size=validation_fraction,
+                                        random_state=seed, stratify=labels)
+  return SubsetSource(source, np.sort(train_idx)), SubsetSource(source, np.sort(val_idx))

@@ -1,0 +1,302 @@
+"""Data-parallel training of class-conditional score networks, with resume.
+
+`train(config, workdir)` runs the loop: `jax.jit` with NamedShardings over a
+1-D mesh of every device (batch split on `data`, parameters replicated), orbax
+checkpoints with the data iterator position, TensorBoard + JSON-lines
+metrics, a progress bar, and a stop with the step named on a non-finite loss.
+`train_and_evaluate` adds the classification of the evaluation split.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import tqdm
+from absl import logging
+
+from sgc_jax import checkpointing, losses, models, sharding
+from sgc_jax import sde as sde_lib
+from sgc_jax.config_validation import validate_config
+from sgc_jax.data import reader
+from sgc_jax.likelihood import dequantize
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array
+  params: Any
+  model_state: Any          # non-trained collections: batch_stats, constants
+  opt_state: Any
+  ema_params: Any
+  nonfinite_step: jax.Array  # -1, or the first step whose loss was not finite
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Training hit a NaN/Inf loss; the last good checkpoint is kept."""
+
+
+def learning_rate_schedule(training, steps_per_epoch: int) -> optax.Schedule:
+  """The configured schedule; "step" is the seed's x0.2 every 20 epochs."""
+  lr = training.learning_rate
+  if training.lr_schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  elif training.lr_schedule == "step":
+    schedule = optax.exponential_decay(
+        lr, transition_steps=max(1, training.lr_decay_every_epochs * steps_per_epoch),
+        decay_rate=training.lr_decay_factor, staircase=True)
+  else:  # "cosine", checked by validate_config
+    schedule = optax.cosine_decay_schedule(lr, max(1, training.num_steps - training.warmup_steps))
+  if training.warmup_steps:
+    warmup = optax.linear_schedule(0.0, lr, training.warmup_steps)
+    schedule = optax.join_schedules([warmup, schedule], [training.warmup_steps])
+  return schedule
+
+
+def make_optimizer(training, steps_per_epoch: int):
+  schedule = learning_rate_schedule(training, steps_per_epoch)
+  chain = [optax.clip_by_global_norm(training.grad_clip_norm)] if training.grad_clip_norm else []
+  return optax.chain(*chain, optax.adam(schedule)), schedule
+
+
+def image_shape(config, builder) -> tuple[int, int, int]:
+  h, w, _ = builder.info.features["image"].shape
+  return (h, w, config.data.num_channels)
+
+
+def model_inputs(key, images, config):
+  """Integer records -> dequantized model inputs with the configured channels."""
+  x = dequantize(key, images, bit_depth=config.data.bit_depth, data_range=tuple(config.data.range))
+  if x.shape[-1] != config.data.num_channels:
+    x = jnp.repeat(x, config.data.num_channels // x.shape[-1], axis=-1)
+  return x
+
+
+def random_flips(key, x, flips):
+  h_key, v_key = jax.random.split(key)
+  batch = x.shape[0]
+  if flips[0]:
+    x = jnp.where(jax.random.bernoulli(h_key, 0.5, (batch, 1, 1, 1)), x[:, :, ::-1], x)
+  if flips[1]:
+    x = jnp.where(jax.random.bernoulli(v_key, 0.5, (batch, 1, 1, 1)), x[:, ::-1], x)
+  return x
+
+
+def create_train_state(config, model, tx, key, shape) -> TrainState:
+  variables = models.init_variables(model, key, shape, config.data.num_classes)
+  params = variables.pop("params")
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+      opt_state=tx.init(params), ema_params=params if config.training.ema_decay else {},
+      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def make_train_step(config, model, tx, sde, schedule):
+  """The pure per-batch update; shardings are added where it is jitted."""
+  training = config.training
+  null_label = model.num_classes
+
+  def train_step(state: TrainState, batch, base_key):
+    key = jax.random.fold_in(base_key, state.step)
+    deq_key, flip_key, drop_key, loss_key = jax.random.split(key, 4)
+    x = random_flips(flip_key, model_inputs(deq_key, batch["image"], config),
+                      tuple(config.data.random_flip))
+    labels = batch["label"].astype(jnp.int32)
+    if training.label_dropout:
+      drop = jax.random.bernoulli(drop_key, training.label_dropout, labels.shape)
+      labels = jnp.where(drop, null_label, labels)
+
+    def loss_fn(params):
+      variables = {"params": params, **state.model_state}
+      return losses.dsm_loss(
+          model.apply, variables, x, labels, loss_key, sde, eps=training.eps,
+          reduce_mean=training.reduce_mean, likelihood_weighting=training.likelihood_weighting,
+          importance_sampling=training.importance_sampling)
+
+    (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    if training.ema_decay:
+      ema = jax.tree.map(lambda e, p: training.ema_decay * e + (1 - training.ema_decay) * p,
+                         state.ema_params, params)
+    else:
+      ema = state.ema_params
+    model_state = {**state.model_state, **new_model_state}
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    # A non-finite step leaves the state as it was; the host stops on it.
+    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+    new_state = TrainState(
+        step=state.step + 1,
+        params=keep(params, state.params),
+        model_state=keep(model_state, state.model_state),
+        opt_state=keep(opt_state, state.opt_state),
+        ema_params=keep(ema, state.ema_params),
+        nonfinite_step=jnp.where((state.nonfinite_step < 0) & ~finite, state.step,
+                                 state.nonfinite_step))
+    metrics = {"loss": loss, "grad_norm": grad_norm, "learning_rate": schedule(state.step)}
+    return new_state, metrics
+
+  return train_step
+
+
+def jit_train_step(train_step, mesh):
+  """Jits the step with parameters replicated and the batch split over `data`."""
+  replicated = sharding.replicated(mesh)
+  batch_sharded = sharding.batch_sharded(mesh)
+  return jax.jit(train_step, in_shardings=(replicated, batch_sharded, replicated),
+                 out_shardings=(replicated, replicated), donate_argnums=(0,))
+
+
+class MetricsWriter:
+  """TensorBoard event files plus a JSON-lines file, written by process 0 only."""
+
+  def __init__(self, workdir: str):
+    self._active = jax.process_index() == 0
+    if not self._active:
+      return
+    from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
+    os.makedirs(workdir, exist_ok=True)
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", encoding="utf-8")
+
+  def write(self, step: int, scalars: dict[str, float]) -> None:
+    if not self._active:
+      return
+    for name, value in scalars.items():
+      self._tb.add_scalar(name, value, step)
+    self._jsonl.write(json.dumps({"step": step, **scalars}) + "\n")
+    self._jsonl.flush()
+
+  def close(self) -> None:
+    if self._active:
+      self._tb.close()
+      self._jsonl.close()
+
+
+def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
+  """Trains (or resumes training) to `config.training.num_steps`; returns (state, model).
+
+  Resumes from the latest checkpoint in `workdir` if there is one, restoring
+  the data iterator position too, so the result equals an uninterrupted run.
+  """
+  sharding.maybe_initialize_distributed()
+  mesh = mesh or sharding.make_mesh()
+  builder = reader.load_builder(config.data)
+  config = validate_config(config, builder)
+  training = config.training
+  train_source, _ = reader.train_validation_sources(builder, config.data.validation_fraction,
+                                                    seed=config.seed)
+  local_batch = sharding.local_batch_size(training.batch_size, mesh)
+  dataset = reader.train_dataset(train_source, batch_size=local_batch, seed=config.seed,
+                                 shard_index=jax.process_index(),
+                                 shard_count=jax.process_count())
+  steps_per_epoch = max(1, len(train_source) // training.batch_size)
+
+  model = models.get_model(config.model, config.data.num_classes)
+  sde = sde_lib.from_config(config.sde)
+  tx, schedule = make_optimizer(training, steps_per_epoch)
+  shape = image_shape(config, builder)
+  init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
+  create = jax.jit(functools.partial(create_train_state, config, model, tx, shape=shape),
+                   out_shardings=sharding.replicated(mesh))
+  manager = checkpointing.make_manager(workdir, max_to_keep=training.keep_checkpoints)
+  data_iter = iter(dataset)
+  if checkpointing.latest_step(manager) is not None:
+    state, data_state = checkpointing.restore(manager, _abstract_state(create, init_key, mesh))
+    if data_state is not None:
+      data_iter.set_state(data_state)
+    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+  else:
+    state = create(init_key)
+  start_step = int(state.step)
+  step_fn = jit_train_step(make_train_step(config, model, tx, sde, schedule), mesh)
+  step_key = jax.device_put(step_key, sharding.replicated(mesh))
+
+  writer = MetricsWriter(workdir)
+  progress = tqdm.tqdm(total=training.num_steps, initial=start_step, desc="train",
+                       disable=jax.process_index() != 0, dynamic_ncols=True,
+                       mininterval=5.0)
+  last_log_time, last_log_step = time.perf_counter(), start_step
+  metrics = None
+  try:
+    for step in range(start_step, training.num_steps):
+      batch = sharding.to_global(next(data_iter), mesh)
+      state, metrics = step_fn(state, batch, step_key)
+      done = step + 1
+      progress.update(1)
+      if done % training.log_every == 0 or done == training.num_steps:
+        _check_finite(state, manager)
+        now = time.perf_counter()
+        steps_per_s = (done - last_log_step) / max(now - last_log_time, 1e-9)
+        last_log_time, last_log_step = now, done
+        scalars = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        scalars.update(steps_per_s=steps_per_s, images_per_s=steps_per_s * training.batch_size)
+        writer.write(done, scalars)
+        progress.set_postfix(loss=f"{scalars['loss']:.4g}")
+      if done % training.checkpoint_every == 0 or done == training.num_steps:
+        _check_finite(state, manager)
+        checkpointing.save(manager, done, state, data_iter.get_state())
+  finally:
+    progress.close()
+    writer.close()
+    manager.wait_until_finished()
+  return state, model
+
+
+def _check_finite(state: TrainState, manager) -> None:
+  bad = int(state.nonfinite_step)
+  if bad >= 0:
+    manager.wait_until_finished()
+    raise NonFiniteLossError(
+        f"non-finite loss at step {bad}; the last good checkpoint "
+        f"(step {manager.latest_step()}) is kept in {manager.directory}")
+
+
+def restore_inference_variables(config, workdir: str, *, mesh=None) -> dict:
+  """Inference variables from the latest checkpoint in `workdir` (see `inference_variables`)."""
+  mesh = mesh or sharding.make_mesh()
+  builder = reader.load_builder(config.data)
+  config = validate_config(config, builder)
+  model = models.get_model(config.model, config.data.num_classes)
+  tx, _ = make_optimizer(config.training, steps_per_epoch=1)
+  create = functools.partial(create_train_state, config, model, tx,
+                             shape=image_shape(config, builder))
+  abstract = _abstract_state(create, jax.random.PRNGKey(0), mesh)
+  manager = checkpointing.make_manager(workdir)
+  if checkpointing.latest_step(manager) is None:
+    raise FileNotFoundError(f"--workdir: no checkpoint under {workdir}/checkpoints; "
+                            "train first with sgc-train")
+  state, _ = checkpointing.restore(manager, abstract, with_data_state=False)
+  return inference_variables(state)
+
+
+def _abstract_state(create, key, mesh):
+  """Shapes, dtypes and (replicated) shardings of the train state, for restoring."""
+  abstract = jax.eval_shape(create, key)
+  return jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)),
+      abstract)
+
+
+def inference_variables(state: TrainState) -> dict:
+  """Variables for scoring: EMA parameters when trained with an EMA, running BatchNorm stats."""
+  params = state.ema_params if jax.tree.leaves(state.ema_params) else state.params
+  return {"params": params, **state.model_state}
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains to the configured step count, then classifies the evaluation split.
+
+  Returns the evaluation metrics (also written to `workdir/metrics.json`).
+  """
+  from sgc_jax import evaluation  # pylint: disable=g-import-not-at-top
+  state, model = train(config, workdir)
+  return evaluation.evaluate(config, workdir, variables=inference_variables(state), model=model)

@@ -1,0 +1,187 @@
+"""The probability-flow likelihood engine against closed-form Gaussian classes."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from gaussian_fixtures import GaussianClasses
+from sgc_jax import likelihood
+from sgc_jax import sde as sde_lib
+
+H, W, CH = 3, 3, 1
+DIM = H * W * CH
+EPS = 1e-5
+
+
+def make_classes(sde):
+  means = jnp.stack([jnp.full((H, W, CH), -0.6), jnp.full((H, W, CH), 0.8),
+                     jnp.linspace(-1.0, 1.0, DIM).reshape(H, W, CH)])
+  stds = jnp.linspace(0.3, 0.6, DIM).reshape(H, W, CH)  # anisotropic: Hutchinson is noisy
+  return GaussianClasses(sde, means, stds)
+
+
+def images(classes, n, seed=0):
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+  y = jax.random.randint(keys[0], (n,), 0, classes.means.shape[0])
+  return classes.means[y] + classes.stds * jax.random.normal(keys[1], (n, H, W, CH)), y
+
+
+def exact_table(classes, x):
+  return jnp.stack([jnp.stack([classes.exact_log_likelihood(xi, c, EPS)
+                               for c in range(classes.means.shape[0])]) for xi in x])
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VPSDE(), sde_lib.SubVPSDE(),
+                                 sde_lib.VESDE(sigma_min=0.01, sigma_max=20.0)],
+                         ids=lambda s: type(s).__name__)
+def test_exact_divergence_matches_closed_form(sde):
+  classes = make_classes(sde)
+  x, y = images(classes, 6)
+  result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=jax.random.PRNGKey(0),
+                                            divergence="exact")
+  assert bool(result.success.all())
+  err = np.abs(np.asarray(result.log_likelihood - exact_table(classes, x))) / DIM
+  assert err.max() <= 1e-3, err
+  # The decision is the class whose mean is nearest in the class metric.
+  nearest = np.argmax(np.asarray(exact_table(classes, x)), axis=1)
+  np.testing.assert_array_equal(np.argmax(np.asarray(result.log_likelihood), 1), nearest)
+  assert (np.asarray(result.num_function_evals) > 1).all()
+
+
+def test_hutchinson_is_unbiased_within_its_statistical_error():
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 4, seed=1)
+  exact = np.asarray(exact_table(classes, x))
+  errors = []
+  for seed in range(6):
+    result = likelihood.class_log_likelihoods(
+        classes.score, sde, x, 3, key=jax.random.PRNGKey(seed), divergence="hutchinson",
+        probe="gaussian", num_probes=2, rtol=1e-4, atol=1e-4)
+    errors.append(np.asarray(result.log_likelihood) - exact)
+  errors = np.stack(errors)                   # [keys, B, C]
+  assert errors.std() > 1e-3                  # Gaussian probes on a non-isotropic field are noisy
+  mean_err = errors.mean(axis=0)
+  stderr = errors.std(axis=0, ddof=1) / math.sqrt(errors.shape[0])
+  assert (np.abs(mean_err) <= 4 * stderr + 0.02).all(), (mean_err, stderr)
+
+
+def test_rademacher_is_exact_for_diagonal_jacobians():
+  # v^T diag(J) v = tr(J) for every Rademacher v: no noise at all.
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 3, seed=2)
+  result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=jax.random.PRNGKey(3))
+  err = np.abs(np.asarray(result.log_likelihood - exact_table(classes, x))) / DIM
+  assert err.max() <= 1e-3
+
+
+def test_image_result_is_independent_of_its_batch():
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 5, seed=3)
+  key = jax.random.PRNGKey(7)
+  batch = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=key)
+  alone = likelihood.class_log_likelihoods(classes.score, sde, x[2:3], 3, key=key)
+  np.testing.assert_allclose(batch.log_likelihood[2], alone.log_likelihood[0], rtol=1e-6, atol=1e-5)
+  np.testing.assert_array_equal(batch.num_function_evals[2], alone.num_function_evals[0])
+
+
+def test_vectorised_pass_equals_a_loop_over_classes():
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 3, seed=4)
+  key = jax.random.PRNGKey(11)
+  together = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=key,
+                                              probe="gaussian", num_probes=2)
+  for c in range(3):
+    fixed = lambda z, t, y, c=c: classes.score(z, t, jnp.full_like(y, c))
+    one = likelihood.class_log_likelihoods(fixed, sde, x, 1, key=key, probe="gaussian",
+                                           num_probes=2)
+    np.testing.assert_allclose(together.log_likelihood[:, c], one.log_likelihood[:, 0],
+                               rtol=1e-6, atol=1e-4)
+
+
+def test_max_steps_failure_marks_only_its_own_image():
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 3, seed=5)
+  x = x.at[1].set(60.0)  # the marked image gets a fast-oscillating score term
+
+  def score(z, t, y):
+    marked = (jnp.mean(z, axis=(1, 2, 3)) > 30.0)[:, None, None, None]
+    return classes.score(z, t, y) + marked * 30.0 * jnp.sin(400.0 * t)[:, None, None, None]
+
+  result = likelihood.class_log_likelihoods(score, sde, x, 3, key=jax.random.PRNGKey(0),
+                                            max_steps=64)
+  success = np.asarray(result.success)
+  assert not success[1].any()
+  assert success[[0, 2]].all()
+  assert np.isnan(np.asarray(result.log_likelihood)[1]).all()
+  assert np.isfinite(np.asarray(result.log_likelihood)[[0, 2]]).all()
+
+
+def test_fixed_step_grid_dense_near_eps_is_accurate():
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 2, seed=6)
+  exact = np.asarray(exact_table(classes, x))
+  errs = {}
+  for grid in ("uniform", "log"):
+    r = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=jax.random.PRNGKey(0),
+                                         solver="heun", adaptive=False, num_steps=60, grid=grid)
+    errs[grid] = np.abs(np.asarray(r.log_likelihood) - exact).max() / DIM
+  assert errs["log"] < 0.01
+  assert errs["log"] < errs["uniform"]
+
+
+def test_no_retracing_on_second_call():
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 2, seed=7)
+  score = jax.tree_util.Partial(classes.score)
+  likelihood.class_log_likelihoods(score, sde, x, 3, key=jax.random.PRNGKey(0))
+  size = likelihood._class_log_likelihoods._cache_size()
+  likelihood.class_log_likelihoods(score, sde, x + 0.1, 3, key=jax.random.PRNGKey(1))
+  assert likelihood._class_log_likelihoods._cache_size() == size
+
+
+def test_float64_path_matches_closed_form_tightly():
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  with jax.enable_x64(True):
+    x, _ = images(classes, 2, seed=8)
+    x = x.astype(jnp.float64)
+    result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=jax.random.PRNGKey(0),
+                                              divergence="exact", dtype=jnp.float64,
+                                              rtol=1e-7, atol=1e-7)
+    assert result.log_likelihood.dtype == jnp.float64
+    err = np.abs(np.asarray(result.log_likelihood - exact_table(classes, x))) / DIM
+  assert err.max() <= 1e-5
+
+
+def test_float64_without_x64_is_a_clear_error():
+  with pytest.raises(ValueError, match="dtype"):
+    likelihood.class_log_likelihoods(lambda x, t, y: x, sde_lib.VPSDE(), jnp.zeros((1, 2, 2, 1)),
+                                     2, key=jax.random.PRNGKey(0), dtype=jnp.float64)
+
+
+def test_bits_per_dim_offsets():
+  # log p = 0: bpd is the offset bit_depth - log2(range width).
+  assert likelihood.bits_per_dim(0.0, 10, bit_depth=8, data_range=(0.0, 1.0)) == pytest.approx(8.0)
+  assert likelihood.bits_per_dim(0.0, 10, bit_depth=8, data_range=(-1.0, 1.0)) == pytest.approx(7.0)
+  assert likelihood.bits_per_dim(0.0, 10, bit_depth=16, data_range=(0.0, 1.0)) == pytest.approx(16.0)
+  # Hand-computed: log p = -100 nats over 50 dims of 12-bit data in [0, 1].
+  expected = 100 / (50 * math.log(2)) + 12
+  assert likelihood.bits_per_dim(-100.0, 50, bit_depth=12) == pytest.approx(expected)
+
+
+def test_uniform_dequantization_stays_in_its_bin():
+  k = jnp.array([0, 1, 255], jnp.uint8)
+  x = likelihood.dequantize(jax.random.PRNGKey(0), jnp.tile(k, 1000), bit_depth=8)
+  bins = np.floor(np.asarray(x) * 256).astype(int)
+  np.testing.assert_array_equal(bins, np.tile(np.asarray(k), 1000))
+  centre = likelihood.dequantize(None, k, bit_depth=8, data_range=(-1.0, 1.0))
+  np.testing.assert_allclose(centre, -1 + 2 * (np.asarray(k) + 0.5) / 256, rtol=1e-6)
