@@ -5,7 +5,8 @@ BatchNorm running averages), computes log p(x|y) for every image and class on
 all devices (each device runs its own solves under `shard_map`: adaptive solves
 take different step counts per device, so no collective may sit inside them),
 fits a temperature on the held-out validation part of train, and writes
-`metrics.json`, `predictions.csv` and PNG plots to `workdir/eval_<split>/`.
+`metrics.json`, `predictions.csv` and PNG plots to `workdir/eval_<split>/`
+(`eval_<split>_denoising/` for the denoising estimator).
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
-from jax.tree_util import Partial
 
 from sgc_jax import classifier, estimators, trainer, likelihood, metrics, models, plots, sampling, sharding
 from sgc_jax import sde as sde_lib
@@ -119,8 +119,6 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   if variables is None:
     variables = trainer.restore_inference_variables(config, workdir, mesh=mesh)
   score_fn = models.make_score_fn(model, variables, sde.marginal_std)
-  if not isinstance(score_fn, Partial):
-    score_fn = Partial(score_fn)
   scorer = make_class_scorer(config, score_fn, sde, num_classes, mesh)
   key = jax.random.PRNGKey(config.seed + 1)
 
@@ -144,9 +142,10 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   report = summarize(config, scored, calibration, builder)
   if val_scored is not None:
     report["validation_images"] = int(len(val_scored["label"]))
-  out_dir = os.path.join(workdir, f"eval_{ev.split}")
+  suffix = "" if ev.estimator == "ode" else f"_{ev.estimator}"
+  out_dir = os.path.join(workdir, f"eval_{ev.split}{suffix}")
   if jax.process_index() == 0:
-    write_outputs(out_dir, config, scored, calibration, report, model, variables, sde,
+    write_outputs(out_dir, config, scored, calibration, report, score_fn, sde,
                   image_shape=trainer.image_shape(config, builder))
   return report
 
@@ -185,8 +184,7 @@ def summarize(config, scored, calibration, builder) -> dict:
   return report
 
 
-def write_outputs(out_dir, config, scored, calibration, report, model, variables, sde, *,
-                  image_shape):
+def write_outputs(out_dir, config, scored, calibration, report, score_fn, sde, *, image_shape):
   """metrics.json, predictions.csv, ROC / confusion / reliability / sample PNGs."""
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, "metrics.json"), "w", encoding="utf-8") as f:
@@ -215,7 +213,6 @@ def write_outputs(out_dir, config, scored, calibration, report, model, variables
   ev = config.eval
   if ev.num_samples:
     sample_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ev.num_samples)
-    score_fn = models.make_score_fn(model, variables, sde.marginal_std)
     images = sampling.sample(score_fn, sde, sample_labels, image_shape,
                              key=jax.random.PRNGKey(config.seed + 2), method=ev.sampler)
     lo, hi = config.data.range

@@ -20,7 +20,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
-from absl import logging
 
 from sgc_jax import checkpointing, losses, models, sharding
 from sgc_jax import sde as sde_lib
@@ -213,7 +212,7 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
     state, data_state = checkpointing.restore(manager, _abstract_state(create, init_key, mesh))
     if data_state is not None:
       data_iter.set_state(data_state)
-    logging.info("Resumed from step %d in %s", int(state.step), workdir)
+    tqdm.tqdm.write(f"resumed from step {int(state.step)} in {workdir}")
   else:
     state = create(init_key)
   start_step = int(state.step)

@@ -6,7 +6,7 @@ Builds the digits records, trains the generative classifier, classifies the
 test split with the probability-flow likelihood, trains the discriminative
 baseline, prints both side by side and writes WORKDIR/report.json.
 """
-from absl import app, flags
+from absl import app, flags, logging
 
 from sgc_jax import demo
 
@@ -16,6 +16,8 @@ flags.DEFINE_string("workdir", "sgc_demo", "Where checkpoints, plots and report.
 
 def main(argv):
   del argv
+  # Orbax and TFDS log every save at INFO; progress bars and reports say what matters.
+  logging.set_verbosity(logging.WARNING)
   demo.run_demo(FLAGS.workdir)
 
 

@@ -6,7 +6,7 @@ Writes WORKDIR/eval_<split>/metrics.json, predictions.csv and PNG plots.
 """
 import json
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sgc_jax import evaluation
@@ -20,6 +20,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # Orbax and TFDS log every save at INFO; progress bars and reports say what matters.
+  logging.set_verbosity(logging.WARNING)
   report = evaluation.evaluate(FLAGS.config, FLAGS.workdir)
   print(json.dumps(report, indent=2))
 

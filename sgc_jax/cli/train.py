@@ -2,7 +2,7 @@
 
     sgc-train --config configs/digits.py --workdir /tmp/digits
 """
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from sgc_jax import trainer
@@ -17,6 +17,8 @@ flags.mark_flags_as_required(["config", "workdir"])
 
 def main(argv):
   del argv
+  # Orbax and TFDS log every save at INFO; progress bars and reports say what matters.
+  logging.set_verbosity(logging.WARNING)
   if FLAGS.evaluate:
     trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   else:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.tree_util import Partial
 
 from sgc_jax.models.ddpmpp import DDPMpp
 from sgc_jax.models.mlp import MLPScore
@@ -175,9 +176,13 @@ def count_params(tree: Any) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
+def _apply_score(model, marginal_std, variables, x, t, y):
+  out = model.apply(variables, x, t, y, train=False)
+  return out / marginal_std(t)[:, None, None, None]
+
+
 def make_score_fn(model: nn.Module, variables: Mapping[str, Any],
-                  marginal_std: Callable[[jax.Array], jax.Array]
-                  ) -> Callable[[jax.Array, jax.Array, jax.Array], jax.Array]:
+                  marginal_std: Callable[[jax.Array], jax.Array]) -> Partial:
   """Returns score_fn(x, t, y) = model output / sigma(t), in inference mode.
 
   Args:
@@ -186,12 +191,11 @@ def make_score_fn(model: nn.Module, variables: Mapping[str, Any],
     marginal_std: sigma(t) for times [B] -> [B], e.g. an SDE's `marginal_std`.
 
   Returns:
-    A pure, jittable function of x [B,H,W,C], t [B], y [B] giving float32
-    scores [B,H,W,C]. BatchNorm uses running averages and dropout is off, so
-    each image's score is independent of its batch-mates.
+    A `jax.tree_util.Partial` of x [B,H,W,C], t [B], y [B] giving float32
+    scores [B,H,W,C]. Being a pytree whose leaves are `variables`, it can be
+    passed straight into jitted functions (the likelihood engine, samplers):
+    the parameters are traced arguments, not constants compiled into the
+    program. BatchNorm uses running averages and dropout is off, so each
+    image's score is independent of its batch-mates.
   """
-  def score_fn(x: jax.Array, t: jax.Array, y: jax.Array) -> jax.Array:
-    out = model.apply(variables, x, t, y, train=False)
-    return out / marginal_std(t)[:, None, None, None]
-
-  return score_fn
+  return Partial(functools.partial(_apply_score, model, marginal_std), variables)

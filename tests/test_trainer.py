@@ -1,0 +1,113 @@
+"""Sharded training, checkpoint resume, metrics and failure behaviour (4 CPU devices)."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgc_jax import checkpointing, losses, models, sharding, trainer
+from sgc_jax import sde as sde_lib
+from sgc_jax.config_validation import validate_config
+from sgc_jax.data import reader
+from tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  return str(tmp_path_factory.mktemp("tfds"))
+
+
+def test_four_devices_are_visible():
+  assert jax.device_count() == 4
+
+
+def _one_step(config, mesh, batch):
+  builder = reader.load_builder(config.data)
+  config = validate_config(config, builder)
+  model = models.get_model(config.model, config.data.num_classes)
+  tx, schedule = trainer.make_optimizer(config.training, steps_per_epoch=10)
+  state = trainer.create_train_state(config, model, tx, jax.random.PRNGKey(0), shape=(8, 8, 1))
+  state = jax.device_put(state, sharding.replicated(mesh))
+  step = trainer.jit_train_step(
+      trainer.make_train_step(config, model, tx, sde_lib.from_config(config.sde), schedule), mesh)
+  batch = sharding.to_global(batch, mesh)
+  return step(state, batch, jax.device_put(jax.random.PRNGKey(1), sharding.replicated(mesh)))
+
+
+def test_sharded_step_equals_single_device_step(data_dir):
+  # The seed U-Net has BatchNorm: its statistics must be global-batch statistics.
+  config = tiny_config(data_dir, model="unet")
+  rng = np.random.default_rng(0)
+  batch = {"image": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
+           "label": rng.integers(0, 10, (8,)).astype(np.int64)}
+  one, m1 = _one_step(config, sharding.make_mesh(jax.devices()[:1]), batch)
+  four, m4 = _one_step(config, sharding.make_mesh(jax.devices()), batch)
+  np.testing.assert_allclose(m1["loss"], m4["loss"], rtol=1e-5)
+  for a, b in zip(jax.tree.leaves((one.params, one.model_state)),
+                  jax.tree.leaves((four.params, four.model_state))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-6)
+  assert jax.tree.leaves(four.params)[0].sharding.is_fully_replicated
+
+
+def test_training_on_four_devices_writes_metrics_and_loss_decreases(data_dir, tmp_path):
+  config = tiny_config(data_dir, steps=300)
+  config.model.mlp.hidden = 64
+  config.training.batch_size = 64
+  config.training.likelihood_weighting = False
+  config.training.importance_sampling = False
+  config.training.log_every = 30
+  config.training.checkpoint_every = 300
+  state, _ = trainer.train(config, str(tmp_path))
+  assert int(state.step) == 300
+  rows = [json.loads(l) for l in open(tmp_path / "metrics.jsonl", encoding="utf-8")]
+  assert [r["step"] for r in rows] == list(range(30, 301, 30))
+  assert {"loss", "grad_norm", "learning_rate", "steps_per_s", "images_per_s"} <= set(rows[0])
+  first, last = np.mean([r["loss"] for r in rows[:2]]), np.mean([r["loss"] for r in rows[-2:]])
+  assert last < 0.8 * first, (first, last)
+  assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "tensorboard"))
+
+
+def test_resume_reaches_the_uninterrupted_state(data_dir, tmp_path):
+  straight, _ = trainer.train(tiny_config(data_dir, steps=20), str(tmp_path / "straight"))
+  trainer.train(tiny_config(data_dir, steps=10), str(tmp_path / "resumed"))
+  manager = checkpointing.make_manager(str(tmp_path / "resumed"))
+  assert manager.latest_step() == 10
+  resumed, _ = trainer.train(tiny_config(data_dir, steps=20), str(tmp_path / "resumed"))
+  assert int(resumed.step) == 20
+  for a, b in zip(jax.tree.leaves(straight), jax.tree.leaves(resumed)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+
+
+def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(data_dir, tmp_path, monkeypatch):
+  trainer.train(tiny_config(data_dir, steps=10), str(tmp_path))
+  real_loss = losses.dsm_loss
+
+  def exploding(*args, **kwargs):
+    loss, state = real_loss(*args, **kwargs)
+    return loss * jnp.nan, state
+
+  monkeypatch.setattr(losses, "dsm_loss", exploding)
+  with pytest.raises(trainer.NonFiniteLossError, match="step 10"):
+    trainer.train(tiny_config(data_dir, steps=20), str(tmp_path))
+  assert checkpointing.make_manager(str(tmp_path)).latest_step() == 10
+
+
+@pytest.mark.parametrize("field,value", [
+    ("training.lr_schedule", "bogus"), ("training.batch_size", 0), ("sde.name", "cosine"),
+    ("eval.estimator", "magic"), ("data.range", (1.0, 0.0)), ("training.label_dropout", 1.5),
+])
+def test_invalid_config_fails_at_start_naming_the_field(data_dir, field, value):
+  config = tiny_config(data_dir)
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+    validate_config(config)
+
+
+def test_bit_depth_must_fit_the_records(data_dir):
+  config = tiny_config(data_dir)
+  config.data.bit_depth = 16
+  with pytest.raises(ValueError, match=r"data\.bit_depth"):
+    validate_config(config, reader.load_builder(config.data))

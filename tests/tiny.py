@@ -1,0 +1,25 @@
+"""Tiny configs on the real digits records, for fast end-to-end tests."""
+from configs import digits
+
+
+def tiny_config(data_dir: str, *, model: str = "mlp", steps: int = 20):
+  config = digits.get_config()
+  config.data.data_dir = data_dir
+  config.model.name = model
+  config.model.mlp.hidden = 32
+  config.model.mlp.depth = 1
+  config.model.unet.channels = (8, 16)
+  config.training.batch_size = 16
+  config.training.num_steps = steps
+  config.training.warmup_steps = 0
+  config.training.log_every = 5
+  config.training.checkpoint_every = 10
+  config.eval.batch_size = 8
+  config.eval.max_examples = 8
+  config.eval.rtol = config.eval.atol = 1e-2
+  config.eval.divergence = "hutchinson"
+  config.eval.num_samples = 1
+  config.baseline.num_steps = 30
+  config.baseline.width = 8
+  config.baseline.batch_size = 16
+  return config
