@@ -93,7 +93,9 @@ def create_train_state(config, model, tx, key, shape) -> TrainState:
   params = variables.pop("params")
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-      opt_state=tx.init(params), ema_params=params if config.training.ema_decay else {},
+      opt_state=tx.init(params),
+      # A copy, so the EMA never shares (and double-donates) the parameters' buffers.
+      ema_params=jax.tree.map(jnp.copy, params) if config.training.ema_decay else {},
       nonfinite_step=jnp.full((), -1, jnp.int32))
 
 

@@ -65,7 +65,7 @@ def test_baseline_reports_the_same_metrics(trained):
   report = baseline.train_and_evaluate(config, workdir)
   assert {"accuracy", "auc", "f1", "ece", "temperature"} <= set(report)
   assert report["images"] == 360          # the whole digits test split
-  assert report["accuracy"] > 0.2         # 30 steps already beat chance (0.1)
+  assert report["accuracy"] > 0.3         # 150 steps already beat chance (0.1) by far
 
 
 def test_demo_table_lists_all_three_classifiers():

@@ -129,12 +129,13 @@ def test_fixed_step_grid_dense_near_eps_is_accurate():
   x, _ = images(classes, 2, seed=6)
   exact = np.asarray(exact_table(classes, x))
   errs = {}
-  for grid in ("uniform", "log"):
+  for grid in ("uniform", "quadratic"):
     r = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=jax.random.PRNGKey(0),
                                          solver="heun", adaptive=False, num_steps=60, grid=grid)
     errs[grid] = np.abs(np.asarray(r.log_likelihood) - exact).max() / DIM
-  assert errs["log"] < 0.01
-  assert errs["log"] < errs["uniform"]
+  # Measured: quadratic 0.0035, uniform 0.029 nats/dim at 60 Heun steps.
+  assert errs["quadratic"] < 0.01
+  assert errs["quadratic"] < 0.5 * errs["uniform"]
 
 
 def test_no_retracing_on_second_call():

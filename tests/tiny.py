@@ -19,7 +19,8 @@ def tiny_config(data_dir: str, *, model: str = "mlp", steps: int = 20):
   config.eval.rtol = config.eval.atol = 1e-2
   config.eval.divergence = "hutchinson"
   config.eval.num_samples = 1
-  config.baseline.num_steps = 30
-  config.baseline.width = 8
+  config.baseline.num_steps = 150
+  config.baseline.learning_rate = 3e-3
+  config.baseline.width = 16
   config.baseline.batch_size = 16
   return config
