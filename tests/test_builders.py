@@ -10,6 +10,7 @@ originals dominates the runtime.
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import time
@@ -577,3 +578,23 @@ def test_cli_prints_the_qc_summary(inbreast, inbreast_tree):
   assert "NotDicomError" in done.stdout
   usage = subprocess.run(command[:3], capture_output=True, text=True, timeout=120, check=False)
   assert usage.returncode != 0 and "usage: sgc-convert DATASET" in usage.stderr
+
+
+def test_the_cbis_config_trains_from_converted_records(cbis_full, tmp_path):
+  # The dataset config, shrunk: the trainer reads the converted records through
+  # the same reader as the embedded default.
+  from configs import cbis_ddsm  # pylint: disable=g-import-not-at-top
+  from sgc_jax import trainer  # pylint: disable=g-import-not-at-top
+  _, _, data_dir = cbis_full
+  config = cbis_ddsm.get_config()
+  config.data.data_dir = data_dir
+  config.data.builder_config = "full_64"
+  config.data.bit_depth = 8            # full_64 is the 8-bit test config
+  config.data.validation_fraction = 0.0
+  config.model.unet.channels = (8, 16)
+  config.training.batch_size = 4
+  config.training.num_steps = 2
+  config.training.log_every = 1
+  state, _ = trainer.train(config, str(tmp_path))
+  assert int(state.step) == 2
+  assert np.isfinite(json.loads(open(tmp_path / "metrics.jsonl").read().splitlines()[-1])["loss"])
