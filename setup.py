@@ -41,6 +41,7 @@ setuptools.setup(
             "pylibjpeg-libjpeg>=2.2,<3",
             "pylibjpeg-rle>=2.0,<3",
             "openpyxl>=3.1,<4",
+            "pandas>=2.0,<4",
         ],
         "test": [
             "pytest>=8,<10",
@@ -51,6 +52,7 @@ setuptools.setup(
             "pylibjpeg-libjpeg>=2.2,<3",
             "pylibjpeg-rle>=2.0,<3",
             "openpyxl>=3.1,<4",
+            "pandas>=2.0,<4",
         ],
     },
     entry_points={
