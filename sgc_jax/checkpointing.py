@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from typing import Any
 
-import jax
 import orbax.checkpoint as ocp
 
 
@@ -51,7 +50,3 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored["state"], (restored["data"] if "data" in items else None)
 
-
-def abstract_like(tree: Any) -> Any:
-  """Shape/dtype/sharding skeleton of a concrete pytree, for `restore`."""
-  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)

@@ -48,14 +48,6 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def process_index() -> int:
-  return jax.process_index()
-
-
-def process_count() -> int:
-  return jax.process_count()
-
-
 def local_batch_size(global_batch_size: int, mesh: Mesh) -> int:
   """This process's share of a global batch; checks it divides over devices."""
   if global_batch_size % mesh.size:
@@ -69,11 +61,3 @@ def to_global(local_batch, mesh: Mesh):
   sharding = batch_sharded(mesh)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
-
-def pad_to_multiple(batch: np.ndarray, multiple: int) -> tuple[np.ndarray, int]:
-  """Pads the leading axis with copies of the last row to a multiple; returns (padded, n_valid)."""
-  n = batch.shape[0]
-  pad = (-n) % multiple
-  if pad:
-    batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)], axis=0)
-  return batch, n
