@@ -83,7 +83,6 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.sampler = "ode"          # "ode" | "euler_maruyama" | "pc"
 
   config.baseline = baseline = ml_collections.ConfigDict()
-  baseline.enabled = False
   baseline.width = 32
   baseline.num_steps = 1000
   baseline.batch_size = 64

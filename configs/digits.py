@@ -43,6 +43,5 @@ def get_config():
   config.eval.divergence = "hutchinson"
   config.eval.num_samples = 8
 
-  config.baseline.enabled = True
   config.baseline.num_steps = 1500
   return config

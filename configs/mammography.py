@@ -49,7 +49,6 @@ def seed_config(dataset: str, builder_config: str, num_train_images: int, epochs
   config.eval.num_probes = 1
   config.eval.num_samples = 2
 
-  config.baseline.enabled = True
   config.baseline.width = 64
   config.baseline.num_steps = 5000
   config.baseline.batch_size = 32

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from sgc_jax import models
 from sgc_jax import sde as sde_lib
 from sgc_jax import solvers
 from sgc_jax.likelihood import DIVERGENCES, PROBES
@@ -52,7 +53,8 @@ def validate_config(config, builder=None):
   _require(0.0 <= training.label_dropout < 1.0, "training.label_dropout", "must be in [0, 1)")
   _require(0.0 < training.eps < 1.0, "training.eps", "must be in (0, 1)")
   if training.label_dropout:
-    _require(config.model.name in ("ddpmpp", "mlp"), "training.label_dropout",
+    model_cls = models.MODELS.get(config.model.name)
+    _require(getattr(model_cls, "supports_null_label", False), "training.label_dropout",
              f"model {config.model.name!r} has no null label to drop to")
 
   _one_of(evaluation.estimator, ESTIMATORS, "eval.estimator")
