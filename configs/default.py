@@ -40,6 +40,8 @@ def get_config() -> ml_collections.ConfigDict:
       "ch": 64, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 2,
       "attn_resolutions": (16,), "dropout": 0.1})
   model.mlp = ml_collections.ConfigDict({"hidden": 256, "depth": 3})
+  model.class_gaussian = "none"       # "none" | "full" | "diagonal": add class-Gaussian scores
+  model.class_gaussian_shrinkage = 0.1  # towards isotropic, Ledoit-Wolf style
 
   config.training = training = ml_collections.ConfigDict()
   training.batch_size = 32

@@ -7,6 +7,7 @@ from sgc_jax import models
 from sgc_jax import sde as sde_lib
 from sgc_jax import solvers
 from sgc_jax.likelihood import DIVERGENCES, PROBES
+from sgc_jax.models import class_gaussian
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 ESTIMATORS = ("ode", "denoising")
@@ -57,6 +58,11 @@ def validate_config(config, builder=None):
     _require(getattr(model_cls, "supports_null_label", False), "training.label_dropout",
              f"model {config.model.name!r} has no null label to drop to")
 
+  _one_of(config.model.class_gaussian, ("none", *class_gaussian.COVARIANCES),
+          "model.class_gaussian")
+  _require(0.0 <= config.model.class_gaussian_shrinkage <= 1.0, "model.class_gaussian_shrinkage",
+           f"must be in [0, 1], got {config.model.class_gaussian_shrinkage}")
+
   _one_of(evaluation.estimator, ESTIMATORS, "eval.estimator")
   _one_of(evaluation.solver.lower(), solvers.SOLVERS, "eval.solver")
   _one_of(evaluation.grid, solvers.TIME_GRIDS, "eval.grid")
@@ -76,6 +82,10 @@ def validate_config(config, builder=None):
     _require(data.num_channels % stored_channels == 0, "data.num_channels",
              f"{data.num_channels} is not a multiple of the stored {stored_channels} channel(s)")
     _one_of(evaluation.split, list(builder.info.splits), "eval.split")
+    dim = int(np.prod(feature.shape[:-1])) * data.num_channels
+    _require(config.model.class_gaussian != "full" or dim <= class_gaussian.MAX_FULL_DIM,
+             "model.class_gaussian", f"'full' needs D <= {class_gaussian.MAX_FULL_DIM} pixel "
+             f"values, the model inputs have {dim}; use 'diagonal'")
     with config.unlocked():
       config.data.num_classes = builder.info.features["label"].num_classes
   return config

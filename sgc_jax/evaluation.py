@@ -115,7 +115,7 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   num_classes = config.data.num_classes
   sde = sde_lib.from_config(config.sde)
   if model is None:
-    model = models.get_model(config.model, num_classes)
+    model = models.get_model(config.model, num_classes, sde)
   if variables is None:
     variables = trainer.restore_inference_variables(config, workdir, mesh=mesh)
   score_fn = models.make_score_fn(model, variables, sde.marginal_std)

@@ -17,6 +17,7 @@ from typing import Any
 import flax
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import tqdm
 
@@ -25,13 +26,14 @@ from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
 from sgc_jax.likelihood import dequantize
+from sgc_jax.models import class_gaussian
 
 
 @flax.struct.dataclass
 class TrainState:
   step: jax.Array
   params: Any
-  model_state: Any          # non-trained collections: batch_stats, constants
+  model_state: Any          # non-trained collections: batch_stats, constants, class_gaussian
   opt_state: Any
   ema_params: Any
   nonfinite_step: jax.Array  # -1, or the first step whose loss was not finite
@@ -200,8 +202,8 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
                                  shard_count=jax.process_count())
   steps_per_epoch = max(1, len(train_source) // training.batch_size)
 
-  model = models.get_model(config.model, config.data.num_classes)
   sde = sde_lib.from_config(config.sde)
+  model = models.get_model(config.model, config.data.num_classes, sde)
   tx, schedule = make_optimizer(training, steps_per_epoch)
   shape = image_shape(config, builder)
   init_key, step_key = jax.random.split(jax.random.PRNGKey(config.seed))
@@ -216,6 +218,8 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
     tqdm.tqdm.write(f"resumed from step {int(state.step)} in {workdir}")
   else:
     state = create(init_key)
+    if class_gaussian.has_class_gaussian(state.model_state):
+      state = _with_class_gaussians(state, config, train_source, mesh)
   start_step = int(state.step)
   step_fn = jit_train_step(make_train_step(config, model, tx, sde, schedule), mesh)
   step_key = jax.device_put(step_key, sharding.replicated(mesh))
@@ -251,6 +255,28 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
   return state, model
 
 
+def _with_class_gaussians(state: TrainState, config, train_source, mesh) -> TrainState:
+  """Fits the model's class Gaussians to one pass over the training split.
+
+  Every process reads the whole split (a single cheap pass of sums), so all
+  hold identical statistics without a collective. Inputs are dequantized with
+  a fixed key, so a restart fits the same Gaussians.
+  """
+  key = jax.random.PRNGKey(config.seed)
+
+  def batches():
+    for i, (batch, n_valid) in enumerate(reader.eval_batches(
+        train_source, batch_size=config.eval.batch_size)):
+      x = model_inputs(jax.random.fold_in(key, i), batch["image"][:n_valid], config)
+      yield np.asarray(x), batch["label"][:n_valid]
+
+  stats = class_gaussian.fit_class_gaussians(
+      batches(), config.data.num_classes, covariance=config.model.class_gaussian,
+      shrinkage=config.model.class_gaussian_shrinkage)
+  stats = jax.device_put(stats, sharding.replicated(mesh))
+  return state.replace(model_state={**state.model_state, "class_gaussian": stats})
+
+
 def _check_finite(state: TrainState, manager) -> None:
   bad = int(state.nonfinite_step)
   if bad >= 0:
@@ -265,7 +291,8 @@ def restore_inference_variables(config, workdir: str, *, mesh=None) -> dict:
   mesh = mesh or sharding.make_mesh()
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
-  model = models.get_model(config.model, config.data.num_classes)
+  model = models.get_model(config.model, config.data.num_classes,
+                           sde_lib.from_config(config.sde))
   tx, _ = make_optimizer(config.training, steps_per_epoch=1)
   create = functools.partial(create_train_state, config, model, tx,
                              shape=image_shape(config, builder))

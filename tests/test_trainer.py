@@ -26,7 +26,7 @@ def test_four_devices_are_visible():
 def _one_step(config, mesh, batch):
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
-  model = models.get_model(config.model, config.data.num_classes)
+  model = models.get_model(config.model, config.data.num_classes, sde_lib.from_config(config.sde))
   tx, schedule = trainer.make_optimizer(config.training, steps_per_epoch=10)
   state = trainer.create_train_state(config, model, tx, jax.random.PRNGKey(0), shape=(8, 8, 1))
   state = jax.device_put(state, sharding.replicated(mesh))
@@ -39,6 +39,7 @@ def _one_step(config, mesh, batch):
 def test_sharded_step_equals_single_device_step(data_dir):
   # The seed U-Net has BatchNorm: its statistics must be global-batch statistics.
   config = tiny_config(data_dir, model="unet")
+  config.model.class_gaussian = "none"   # the network alone: its BatchNorm is the point
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (8, 8, 8, 1), dtype=np.uint8),
            "label": rng.integers(0, 10, (8,)).astype(np.int64)}
@@ -63,6 +64,9 @@ def test_sharded_step_equals_single_device_step(data_dir):
 
 def test_training_on_four_devices_writes_metrics_and_loss_decreases(data_dir, tmp_path):
   config = tiny_config(data_dir, steps=300)
+  # The network alone, so that the loss has far to fall (the class Gaussians
+  # already explain most of it from step 0).
+  config.model.class_gaussian = "none"
   config.model.mlp.hidden = 64
   config.training.batch_size = 64
   config.training.likelihood_weighting = False
@@ -118,6 +122,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(data_dir, tmp_p
 @pytest.mark.parametrize("field,value", [
     ("training.lr_schedule", "bogus"), ("training.batch_size", 0), ("sde.name", "cosine"),
     ("eval.estimator", "magic"), ("data.range", (1.0, 0.0)), ("training.label_dropout", 1.5),
+    ("model.class_gaussian", "low_rank"), ("model.class_gaussian_shrinkage", -0.1),
 ])
 def test_invalid_config_fails_at_start_naming_the_field(data_dir, field, value):
   config = tiny_config(data_dir)
@@ -127,8 +132,34 @@ def test_invalid_config_fails_at_start_naming_the_field(data_dir, field, value):
     validate_config(config)
 
 
+def test_full_class_gaussians_must_fit_the_image_size(data_dir):
+  config = tiny_config(data_dir)
+  config.data.num_channels = 65       # 8 x 8 x 65 > 4096 model inputs
+  with pytest.raises(ValueError, match=r"model\.class_gaussian: 'full' needs D <= 4096"):
+    validate_config(config, reader.load_builder(config.data))
+
+
 def test_bit_depth_must_fit_the_records(data_dir):
   config = tiny_config(data_dir)
   config.data.bit_depth = 16
   with pytest.raises(ValueError, match=r"data\.bit_depth"):
     validate_config(config, reader.load_builder(config.data))
+
+
+def test_class_gaussians_are_fitted_to_the_train_split_and_checkpointed(data_dir, tmp_path):
+  config = tiny_config(data_dir, steps=2)
+  assert config.model.class_gaussian == "full"
+  trainer.train(config, str(tmp_path))
+  restored = trainer.restore_inference_variables(config, str(tmp_path))["class_gaussian"]
+  builder = reader.load_builder(config.data)
+  config = validate_config(config, builder)
+  train_source, _ = reader.train_validation_sources(builder, config.data.validation_fraction,
+                                                    seed=config.seed)
+  images = np.stack([train_source[i]["image"] for i in range(len(train_source))])
+  labels = reader.labels_of(train_source)
+  centres = np.asarray(trainer.model_inputs(None, images, config)).reshape(len(images), -1)
+  for c in range(10):
+    # Dequantization noise averages out to the bin centres (bins are 2/256 wide).
+    np.testing.assert_allclose(restored["mean"][c], centres[labels == c].mean(0), atol=2e-3)
+  np.testing.assert_allclose(restored["mean"][10], centres.mean(0), atol=1e-3)
+  assert restored["basis"].shape == (11, 64, 64) and bool((restored["variance"] > 0).all())

@@ -21,6 +21,8 @@ Model config layout (an `ml_collections.ConfigDict`), one sub-dict per model:
     model.unet.channels, .embed_dim, .fourier_scale
     model.ddpmpp.ch, .ch_mult, .num_res_blocks, .attn_resolutions, .dropout
     model.mlp.hidden, .depth
+    model.class_gaussian = "none" | "full" | "diagonal"   # see class_gaussian.py
+    model.class_gaussian_shrinkage = 0.1
 
 Fields left out of a sub-dict take the module's defaults; only the sub-dict
 of the selected model is read.
@@ -37,6 +39,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
+from sgc_jax.models.class_gaussian import COVARIANCES, ClassGaussianSkip
 from sgc_jax.models.ddpmpp import DDPMpp
 from sgc_jax.models.mlp import MLPScore
 from sgc_jax.models.unet import SeedUNet
@@ -87,12 +90,14 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
                   "fields")
 
 
-def get_model(model_config: Any, num_classes: int) -> nn.Module:
+def get_model(model_config: Any, num_classes: int, sde: Any = None) -> nn.Module:
   """Builds the model named by `model_config.name` from its sub-dict.
 
   Args:
     model_config: ConfigDict (or mapping) laid out as in the module docstring.
     num_classes: number of real classes in the data set.
+    sde: the run's `sgc_jax.sde` SDE; needed only with `model.class_gaussian`,
+      whose closed-form Gaussian scores depend on alpha(t) and sigma(t).
 
   Returns:
     An unbound Flax module.
@@ -125,11 +130,20 @@ def get_model(model_config: Any, num_classes: int) -> nn.Module:
                        f"{sorted(defaults)}")
     kwargs[field] = _coerce(where, value, defaults[field])
   try:
-    return model_cls(num_classes=num_classes, dtype=DTYPES[dtype_name],
-                     **kwargs)
+    net = model_cls(num_classes=num_classes, dtype=DTYPES[dtype_name], **kwargs)
   except ValueError as err:
     # Range checks live in the modules; their messages start "field: ".
     raise ValueError(f"model.{name}.{err}") from err
+  covariance = model_config.get("class_gaussian", "none")
+  if covariance == "none":
+    return net
+  if covariance not in COVARIANCES:
+    raise ValueError(f"model.class_gaussian: unknown {covariance!r}; choose one of "
+                     f"{['none', *COVARIANCES]}")
+  if sde is None:
+    raise ValueError("model.class_gaussian: the class Gaussians need the run's SDE; "
+                     "pass sde= to get_model")
+  return ClassGaussianSkip(net=net, sde=sde, covariance=covariance)
 
 
 def has_null_label(model: nn.Module) -> bool:
@@ -138,7 +152,7 @@ def has_null_label(model: nn.Module) -> bool:
   True for DDPMpp and MLPScore (label table of num_classes + 1 rows), so the
   trainer may drop labels and the same network gives unconditional scores.
   """
-  return type(model).supports_null_label
+  return model.supports_null_label
 
 
 def init_variables(model: nn.Module, key: jax.Array,
