@@ -27,7 +27,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import digits  # pylint: disable=wrong-import-position
-from sgc_jax import evaluation, trainer  # pylint: disable=wrong-import-position
+from sgc_jax import evaluation, train_state, trainer  # pylint: disable=wrong-import-position
 
 _KEYS = ("accuracy", "auc", "nll", "ece", "bits_per_dim", "mean_nfe", "images_per_s")
 
@@ -61,7 +61,7 @@ def main():
     start = time.perf_counter()
     state, model = trainer.train(config, workdir)
     results[f"{name}_train_seconds"] = time.perf_counter() - start
-    variables = trainer.inference_variables(state)
+    variables = train_state.inference_variables(state)
     results[name] = _summary(evaluation.evaluate(config, workdir, variables=variables,
                                                  model=model))
     bound = config.copy_and_resolve_references()

@@ -25,7 +25,7 @@ def measure(model: str, size: int, batch: int, steps: int) -> dict:
   import jax
   import numpy as np
   from configs import default
-  from sgc_jax import models, sharding, trainer
+  from sgc_jax import models, sharding, train_state, trainer
   from sgc_jax import sde as sde_lib
 
   config = default.get_config()
@@ -37,8 +37,8 @@ def measure(model: str, size: int, batch: int, steps: int) -> dict:
   config.data.num_channels = 1
   mesh = sharding.make_mesh()
   net = models.get_model(config.model, 2)
-  tx, schedule = trainer.make_optimizer(config.training, steps_per_epoch=100)
-  state = trainer.create_train_state(config, net, tx, jax.random.PRNGKey(0), shape=(size, size, 1))
+  tx, schedule = train_state.make_optimizer(config.training, steps_per_epoch=100)
+  state = train_state.create_train_state(config, net, tx, jax.random.PRNGKey(0), shape=(size, size, 1))
   state = jax.device_put(state, sharding.replicated(mesh))
   step = trainer.jit_train_step(
       trainer.make_train_step(config, net, tx, sde_lib.from_config(config.sde), schedule), mesh)

@@ -4,9 +4,9 @@
     sgc-evaluate --config configs/digits.py --workdir /tmp/digits
 
 (`sgc-demo` runs the same thing plus the discriminative baseline.) Expected on
-a 2-core CPU: training about 3 minutes; generative accuracy on the 360-image
-test split >= 0.95 with the exact probability-flow likelihood; see the README's
-results table for the measured figures.
+a 2-core CPU: training about 3.5 minutes; generative accuracy on the 360-image
+test split 0.986 (>= 0.95) with the exact probability-flow likelihood, about
+6.1 bits/dim; see the README's results tables for the measured figures.
 """
 from configs import default
 

@@ -19,7 +19,7 @@ import numpy as np
 import optax
 import tqdm
 
-from sgc_jax import classifier, metrics, sharding, trainer
+from sgc_jax import classifier, inputs, metrics, sharding
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader, records
 
@@ -45,7 +45,7 @@ def _logits(model, params, config, source, mesh, batch_size):
   apply = jax.jit(lambda p, x: model.apply({"params": p}, x))
   out, labels = [], []
   for batch, n_valid in reader.eval_batches(source, batch_size=batch_size):
-    x = trainer.model_inputs(None, jnp.asarray(batch["image"]), config)
+    x = inputs.model_inputs(None, jnp.asarray(batch["image"]), config)
     x = jax.device_put(x, sharding.batch_sharded(mesh))
     out.append(np.asarray(apply(params, x))[:n_valid])
     labels.append(batch["label"][:n_valid])
@@ -69,7 +69,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                                  seed=config.seed, shard_index=jax.process_index(),
                                  shard_count=jax.process_count())
   model = SmallCNN(num_classes=num_classes, width=bl.width)
-  shape = trainer.image_shape(config, builder)
+  shape = inputs.image_shape(config, builder)
   params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, *shape)))["params"]
   tx = optax.adamw(optax.cosine_decay_schedule(bl.learning_rate, bl.num_steps), weight_decay=1e-4)
   replicated = sharding.replicated(mesh)
@@ -80,8 +80,8 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                                             replicated),
                      out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
   def step(params, opt_state, batch, key):
-    x = trainer.model_inputs(key, batch["image"], config)
-    x = trainer.random_flips(jax.random.fold_in(key, 1), x, tuple(config.data.random_flip))
+    x = inputs.model_inputs(key, batch["image"], config)
+    x = inputs.random_flips(jax.random.fold_in(key, 1), x, tuple(config.data.random_flip))
 
     def loss_fn(p):
       logits = model.apply({"params": p}, x)

@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from sgc_jax import baseline, evaluation, trainer
+from sgc_jax import baseline, evaluation, train_state, trainer
 
 _ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
          ("auc", "AUC (one-vs-rest)"), ("f1", "F1 (macro)"), ("nll", "NLL (calibrated)"),
@@ -33,7 +33,7 @@ def run_demo(workdir: str, config=None) -> dict:
     config = digits.get_config()
   start = time.perf_counter()
   state, model = trainer.train(config, workdir)
-  variables = trainer.inference_variables(state)
+  variables = train_state.inference_variables(state)
   # The exact probability-flow likelihood, then the forward-only denoising bound.
   generative = evaluation.evaluate(config, workdir, variables=variables, model=model)
   bound_config = config.copy_and_resolve_references()

@@ -23,7 +23,8 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from sgc_jax import classifier, estimators, trainer, likelihood, metrics, models, plots, sampling, sharding
+from sgc_jax import (classifier, estimators, inputs, likelihood, metrics, models, plots, sampling,
+                     sharding, train_state)
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader, records
@@ -55,10 +56,11 @@ def make_class_scorer(config, score_fn, sde, num_classes: int, mesh):
   return lambda x, key: sharded(score_fn, x, key)
 
 
-def _image_keys(key, ids):
+def _per_image_inputs(key, ids, images, config):
   # One dequantization key per image id: an image's input never depends on
   # its position in the batch.
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.asarray(ids, jnp.uint32))
+  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids.astype(jnp.uint32))
+  return jax.vmap(lambda k, img: inputs.model_inputs(k, img[None], config)[0])(keys, images)
 
 
 def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: int = 0):
@@ -70,15 +72,14 @@ def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: 
   deq_key, probe_key = jax.random.split(key)
   fields = ("image", "label", "id") if "id" in source[0] else ("image", "label")
   out = {"log_likelihood": [], "nfe": [], "success": [], "label": [], "id": []}
+  prepare = jax.jit(functools.partial(_per_image_inputs, config=config))
   start = time.perf_counter()
   done = 0
   with tqdm.tqdm(total=n, desc=desc, unit="img", disable=jax.process_index() != 0,
                  mininterval=5.0) as progress:
     for batch, n_valid in reader.eval_batches(source, batch_size=batch_size, fields=fields):
       ids = batch["id"] if "id" in batch else np.arange(done, done + batch_size)
-      keys = _image_keys(deq_key, ids)
-      x = jax.vmap(lambda k, img: trainer.model_inputs(k, img[None], config)[0])(
-          keys, jnp.asarray(batch["image"]))
+      x = prepare(deq_key, np.asarray(ids), batch["image"])
       x = jax.device_put(x, sharding.batch_sharded(mesh))
       result = jax.device_get(scorer(x, probe_key))
       out["log_likelihood"].append(result.log_likelihood[:n_valid])
@@ -117,7 +118,7 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   if model is None:
     model = models.get_model(config.model, num_classes, sde)
   if variables is None:
-    variables = trainer.restore_inference_variables(config, workdir, mesh=mesh)
+    variables = train_state.restore_inference_variables(config, workdir, mesh=mesh)
   score_fn = models.make_score_fn(model, variables, sde.marginal_std)
   scorer = make_class_scorer(config, score_fn, sde, num_classes, mesh)
   key = jax.random.PRNGKey(config.seed + 1)
@@ -146,7 +147,7 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   out_dir = os.path.join(workdir, f"eval_{ev.split}{suffix}")
   if jax.process_index() == 0:
     write_outputs(out_dir, config, scored, calibration, report, score_fn, sde,
-                  image_shape=trainer.image_shape(config, builder))
+                  image_shape=inputs.image_shape(config, builder))
   return report
 
 

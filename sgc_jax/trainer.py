@@ -14,90 +14,24 @@ import os
 import time
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import tqdm
 
-from sgc_jax import checkpointing, losses, models, sharding
+from sgc_jax import checkpointing, evaluation, losses, models, sharding
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
-from sgc_jax.likelihood import dequantize
+from sgc_jax.inputs import image_shape, model_inputs, random_flips
 from sgc_jax.models import class_gaussian
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  model_state: Any          # non-trained collections: batch_stats, constants, class_gaussian
-  opt_state: Any
-  ema_params: Any
-  nonfinite_step: jax.Array  # -1, or the first step whose loss was not finite
+from sgc_jax.train_state import (TrainState, abstract_train_state, create_train_state,
+                                 inference_variables, make_optimizer)
 
 
 class NonFiniteLossError(FloatingPointError):
   """Training hit a NaN/Inf loss; the last good checkpoint is kept."""
-
-
-def learning_rate_schedule(training, steps_per_epoch: int) -> optax.Schedule:
-  """The configured schedule; "step" is the seed's x0.2 every 20 epochs."""
-  lr = training.learning_rate
-  if training.lr_schedule == "constant":
-    schedule = optax.constant_schedule(lr)
-  elif training.lr_schedule == "step":
-    schedule = optax.exponential_decay(
-        lr, transition_steps=max(1, training.lr_decay_every_epochs * steps_per_epoch),
-        decay_rate=training.lr_decay_factor, staircase=True)
-  else:  # "cosine", checked by validate_config
-    schedule = optax.cosine_decay_schedule(lr, max(1, training.num_steps - training.warmup_steps))
-  if training.warmup_steps:
-    warmup = optax.linear_schedule(0.0, lr, training.warmup_steps)
-    schedule = optax.join_schedules([warmup, schedule], [training.warmup_steps])
-  return schedule
-
-
-def make_optimizer(training, steps_per_epoch: int):
-  schedule = learning_rate_schedule(training, steps_per_epoch)
-  chain = [optax.clip_by_global_norm(training.grad_clip_norm)] if training.grad_clip_norm else []
-  return optax.chain(*chain, optax.adam(schedule)), schedule
-
-
-def image_shape(config, builder) -> tuple[int, int, int]:
-  h, w, _ = builder.info.features["image"].shape
-  return (h, w, config.data.num_channels)
-
-
-def model_inputs(key, images, config):
-  """Integer records -> dequantized model inputs with the configured channels."""
-  x = dequantize(key, images, bit_depth=config.data.bit_depth, data_range=tuple(config.data.range))
-  if x.shape[-1] != config.data.num_channels:
-    x = jnp.repeat(x, config.data.num_channels // x.shape[-1], axis=-1)
-  return x
-
-
-def random_flips(key, x, flips):
-  h_key, v_key = jax.random.split(key)
-  batch = x.shape[0]
-  if flips[0]:
-    x = jnp.where(jax.random.bernoulli(h_key, 0.5, (batch, 1, 1, 1)), x[:, :, ::-1], x)
-  if flips[1]:
-    x = jnp.where(jax.random.bernoulli(v_key, 0.5, (batch, 1, 1, 1)), x[:, ::-1], x)
-  return x
-
-
-def create_train_state(config, model, tx, key, shape) -> TrainState:
-  variables = models.init_variables(model, key, shape, config.data.num_classes)
-  params = variables.pop("params")
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
-      opt_state=tx.init(params),
-      # A copy, so the EMA never shares (and double-donates) the parameters' buffers.
-      ema_params=jax.tree.map(jnp.copy, params) if config.training.ema_decay else {},
-      nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
 def make_train_step(config, model, tx, sde, schedule):
@@ -212,7 +146,7 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
   manager = checkpointing.make_manager(workdir, max_to_keep=training.keep_checkpoints)
   data_iter = iter(dataset)
   if checkpointing.latest_step(manager) is not None:
-    state, data_state = checkpointing.restore(manager, _abstract_state(create, init_key, mesh))
+    state, data_state = checkpointing.restore(manager, abstract_train_state(create, init_key, mesh))
     if data_state is not None:
       data_iter.set_state(data_state)
     tqdm.tqdm.write(f"resumed from step {int(state.step)} in {workdir}")
@@ -286,44 +220,10 @@ def _check_finite(state: TrainState, manager) -> None:
         f"(step {manager.latest_step()}) is kept in {manager.directory}")
 
 
-def restore_inference_variables(config, workdir: str, *, mesh=None) -> dict:
-  """Inference variables from the latest checkpoint in `workdir` (see `inference_variables`)."""
-  mesh = mesh or sharding.make_mesh()
-  builder = reader.load_builder(config.data)
-  config = validate_config(config, builder)
-  model = models.get_model(config.model, config.data.num_classes,
-                           sde_lib.from_config(config.sde))
-  tx, _ = make_optimizer(config.training, steps_per_epoch=1)
-  create = functools.partial(create_train_state, config, model, tx,
-                             shape=image_shape(config, builder))
-  abstract = _abstract_state(create, jax.random.PRNGKey(0), mesh)
-  manager = checkpointing.make_manager(workdir)
-  if checkpointing.latest_step(manager) is None:
-    raise FileNotFoundError(f"--workdir: no checkpoint under {workdir}/checkpoints; "
-                            "train first with sgc-train")
-  state, _ = checkpointing.restore(manager, abstract, with_data_state=False)
-  return inference_variables(state)
-
-
-def _abstract_state(create, key, mesh):
-  """Shapes, dtypes and (replicated) shardings of the train state, for restoring."""
-  abstract = jax.eval_shape(create, key)
-  return jax.tree.map(
-      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)),
-      abstract)
-
-
-def inference_variables(state: TrainState) -> dict:
-  """Variables for scoring: EMA parameters when trained with an EMA, running BatchNorm stats."""
-  params = state.ema_params if jax.tree.leaves(state.ema_params) else state.params
-  return {"params": params, **state.model_state}
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains to the configured step count, then classifies the evaluation split.
 
   Returns the evaluation metrics (also written to `workdir/metrics.json`).
   """
-  from sgc_jax import evaluation  # pylint: disable=g-import-not-at-top
   state, model = train(config, workdir)
   return evaluation.evaluate(config, workdir, variables=inference_variables(state), model=model)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from sgc_jax import baseline, demo, evaluation, trainer
+from sgc_jax import baseline, demo, evaluation, train_state, trainer
 from tiny import tiny_config
 
 
@@ -43,7 +43,7 @@ def test_checkpoint_and_in_memory_variables_give_the_same_likelihoods(trained):
   config.eval.calibrate = False
   config.eval.num_samples = 0
   from_ckpt = evaluation.evaluate(config, workdir)
-  in_memory = evaluation.evaluate(config, workdir, variables=trainer.inference_variables(state),
+  in_memory = evaluation.evaluate(config, workdir, variables=train_state.inference_variables(state),
                                   model=model)
   assert from_ckpt["bits_per_dim"] == pytest.approx(in_memory["bits_per_dim"], rel=1e-6)
 

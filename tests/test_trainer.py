@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sgc_jax import checkpointing, losses, models, sharding, trainer
+from sgc_jax import checkpointing, inputs, losses, models, sharding, train_state, trainer
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
@@ -27,8 +27,8 @@ def _one_step(config, mesh, batch):
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
   model = models.get_model(config.model, config.data.num_classes, sde_lib.from_config(config.sde))
-  tx, schedule = trainer.make_optimizer(config.training, steps_per_epoch=10)
-  state = trainer.create_train_state(config, model, tx, jax.random.PRNGKey(0), shape=(8, 8, 1))
+  tx, schedule = train_state.make_optimizer(config.training, steps_per_epoch=10)
+  state = train_state.create_train_state(config, model, tx, jax.random.PRNGKey(0), shape=(8, 8, 1))
   state = jax.device_put(state, sharding.replicated(mesh))
   step = trainer.jit_train_step(
       trainer.make_train_step(config, model, tx, sde_lib.from_config(config.sde), schedule), mesh)
@@ -150,14 +150,14 @@ def test_class_gaussians_are_fitted_to_the_train_split_and_checkpointed(data_dir
   config = tiny_config(data_dir, steps=2)
   assert config.model.class_gaussian == "full"
   trainer.train(config, str(tmp_path))
-  restored = trainer.restore_inference_variables(config, str(tmp_path))["class_gaussian"]
+  restored = train_state.restore_inference_variables(config, str(tmp_path))["class_gaussian"]
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
   train_source, _ = reader.train_validation_sources(builder, config.data.validation_fraction,
                                                     seed=config.seed)
   images = np.stack([train_source[i]["image"] for i in range(len(train_source))])
   labels = reader.labels_of(train_source)
-  centres = np.asarray(trainer.model_inputs(None, images, config)).reshape(len(images), -1)
+  centres = np.asarray(inputs.model_inputs(None, images, config)).reshape(len(images), -1)
   for c in range(10):
     # Dequantization noise averages out to the bin centres (bins are 2/256 wide).
     np.testing.assert_allclose(restored["mean"][c], centres[labels == c].mean(0), atol=2e-3)

@@ -7,12 +7,15 @@ Every model is a `flax.linen.Module` with fields `num_classes` and `dtype` and
 with x [B,H,W,C] float, t [B] float in [0, 1], y [B] int32 labels and out
 float32 [B,H,W,C]. The output estimates -z, the negative of the unit Gaussian
 noise in x_t = alpha(t) x_0 + sigma(t) z; the score is out / sigma(t)
-(`make_score_fn`). Models know nothing about SDEs.
+(`make_score_fn`). Networks know nothing about SDEs; only the optional
+`ClassGaussianSkip` wrapper reads an SDE's alpha(t) and sigma(t) to add its
+closed-form class-Gaussian scores.
 
 Variables: `params` (float32, trained), plus `batch_stats` (SeedUNet's
-BatchNorm) and `constants` (SeedUNet's fixed Fourier frequencies) where the
-model has them. Only `params` should be given to the optimiser; every
-collection must be given to `apply` and saved in checkpoints.
+BatchNorm), `constants` (SeedUNet's fixed Fourier frequencies) and
+`class_gaussian` (the skip's fitted Gaussians) where the model has them.
+Only `params` should be given to the optimiser; every collection must be
+given to `apply` and saved in checkpoints.
 
 Model config layout (an `ml_collections.ConfigDict`), one sub-dict per model:
 

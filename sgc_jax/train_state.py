@@ -1,0 +1,101 @@
+"""What a training run's checkpoint holds, and how to rebuild and restore it.
+
+`TrainState` (parameters, non-trained model collections, optimizer, EMA),
+the optimizer and schedule that shape it, and `restore_inference_variables`,
+which the evaluation uses to score the latest checkpoint of a workdir.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from sgc_jax import checkpointing, models, sharding
+from sgc_jax import sde as sde_lib
+from sgc_jax.config_validation import validate_config
+from sgc_jax.data import reader
+from sgc_jax.inputs import image_shape
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything a checkpoint holds besides the data iterator position."""
+  step: jax.Array
+  params: Any
+  model_state: Any          # non-trained collections: batch_stats, constants, class_gaussian
+  opt_state: Any
+  ema_params: Any
+  nonfinite_step: jax.Array  # -1, or the first step whose loss was not finite
+
+
+def learning_rate_schedule(training, steps_per_epoch: int) -> optax.Schedule:
+  """The configured schedule; "step" is the seed's x0.2 every 20 epochs."""
+  lr = training.learning_rate
+  if training.lr_schedule == "constant":
+    schedule = optax.constant_schedule(lr)
+  elif training.lr_schedule == "step":
+    schedule = optax.exponential_decay(
+        lr, transition_steps=max(1, training.lr_decay_every_epochs * steps_per_epoch),
+        decay_rate=training.lr_decay_factor, staircase=True)
+  else:  # "cosine", checked by validate_config
+    schedule = optax.cosine_decay_schedule(lr, max(1, training.num_steps - training.warmup_steps))
+  if training.warmup_steps:
+    warmup = optax.linear_schedule(0.0, lr, training.warmup_steps)
+    schedule = optax.join_schedules([warmup, schedule], [training.warmup_steps])
+  return schedule
+
+
+def make_optimizer(training, steps_per_epoch: int):
+  """Adam with the configured schedule (and global-norm clipping); returns (tx, schedule)."""
+  schedule = learning_rate_schedule(training, steps_per_epoch)
+  chain = [optax.clip_by_global_norm(training.grad_clip_norm)] if training.grad_clip_norm else []
+  return optax.chain(*chain, optax.adam(schedule)), schedule
+
+
+def create_train_state(config, model, tx, key, shape) -> TrainState:
+  """A fresh state for `model` on images of `shape` (H, W, C)."""
+  variables = models.init_variables(model, key, shape, config.data.num_classes)
+  params = variables.pop("params")
+  return TrainState(
+      step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
+      opt_state=tx.init(params),
+      # A copy, so the EMA never shares (and double-donates) the parameters' buffers.
+      ema_params=jax.tree.map(jnp.copy, params) if config.training.ema_decay else {},
+      nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def abstract_train_state(create, key, mesh):
+  """Shapes, dtypes and (replicated) shardings of the train state, for restoring."""
+  abstract = jax.eval_shape(create, key)
+  return jax.tree.map(
+      lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sharding.replicated(mesh)),
+      abstract)
+
+
+def inference_variables(state: TrainState) -> dict:
+  """Variables for scoring: EMA parameters when trained with an EMA, running BatchNorm stats."""
+  params = state.ema_params if jax.tree.leaves(state.ema_params) else state.params
+  return {"params": params, **state.model_state}
+
+
+def restore_inference_variables(config, workdir: str, *, mesh=None) -> dict:
+  """Inference variables from the latest checkpoint in `workdir` (see `inference_variables`)."""
+  mesh = mesh or sharding.make_mesh()
+  builder = reader.load_builder(config.data)
+  config = validate_config(config, builder)
+  model = models.get_model(config.model, config.data.num_classes,
+                           sde_lib.from_config(config.sde))
+  tx, _ = make_optimizer(config.training, steps_per_epoch=1)
+  create = functools.partial(create_train_state, config, model, tx,
+                             shape=image_shape(config, builder))
+  abstract = abstract_train_state(create, jax.random.PRNGKey(0), mesh)
+  manager = checkpointing.make_manager(workdir)
+  if checkpointing.latest_step(manager) is None:
+    raise FileNotFoundError(f"--workdir: no checkpoint under {workdir}/checkpoints; "
+                            "train first with sgc-train")
+  state, _ = checkpointing.restore(manager, abstract, with_data_state=False)
+  return inference_variables(state)
