@@ -41,6 +41,7 @@ setuptools.setup(
             "pylibjpeg-libjpeg>=2.2,<3",
             "pylibjpeg-rle>=2.0,<3",
             "openpyxl>=3.1,<4",
+            "xlrd>=2.0,<3",  # INbreast ships its table as Excel 97 .xls
             "pandas>=2.0,<4",
         ],
         "test": [
@@ -52,6 +53,8 @@ setuptools.setup(
             "pylibjpeg-libjpeg>=2.2,<3",
             "pylibjpeg-rle>=2.0,<3",
             "openpyxl>=3.1,<4",
+            "xlrd>=2.0,<3",
+            "xlwt>=1.3,<2",  # writes the .xls fixture that xlrd reads back
             "pandas>=2.0,<4",
         ],
     },

@@ -543,6 +543,27 @@ def test_inbreast_reads_the_spreadsheet_table(inbreast_tree, tmp_path):
       k: v["Bi-Rads"] for k, v in from_csv.items()}
 
 
+def test_inbreast_reads_the_legacy_xls_it_ships_with(inbreast_tree, tmp_path):
+  # The real INbreast table is an Excel 97 .xls: read through xlrd.
+  import pandas as pd  # pylint: disable=g-import-not-at-top
+  import xlwt  # pylint: disable=g-import-not-at-top
+  from sgc_jax.data.builders import inbreast as inbreast_module  # pylint: disable=g-import-not-at-top
+  frame = pd.read_csv(os.path.join(inbreast_tree, "INbreast.csv"), sep=";", dtype=str)
+  book = xlwt.Workbook()
+  sheet = book.add_sheet("INbreast")
+  for col, name in enumerate(frame.columns):
+    sheet.write(0, col, name)
+    for row, value in enumerate(frame[name], start=1):
+      sheet.write(row, col, "" if pd.isna(value) else value)
+  xls = tmp_path / "INbreast.xls"
+  book.save(str(xls))
+  from_csv = inbreast_module._read_table(os.path.join(inbreast_tree, "INbreast.csv"))
+  from_xls = inbreast_module._read_table(str(xls))
+  assert from_xls.keys() == from_csv.keys()
+  assert {k: v["Bi-Rads"] for k, v in from_xls.items()} == {
+      k: v["Bi-Rads"] for k, v in from_csv.items()}
+
+
 # --- shared ------------------------------------------------------------------
 
 

@@ -65,7 +65,7 @@ class Inbreast(mammography.MammographyBuilder):
     <manual_dir>/INbreast.csv   (or INbreast.xls / .xlsx)
     <manual_dir>/AllDICOMs/<file id>_<patient>_MG_<L|R>_<CC|ML>_ANON.dcm
 
-  Reading the .xls needs xlrd (pip install xlrd); the .csv needs nothing.
+  Reading the .xls needs xlrd (in the `dicom` extra); the .csv needs nothing.
   """
 
   @classmethod
