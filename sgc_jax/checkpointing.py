@@ -9,14 +9,17 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import jax
 import orbax.checkpoint as ocp
 
 
 def make_manager(workdir: str, *, max_to_keep: int = 3) -> ocp.CheckpointManager:
   """A manager for `workdir/checkpoints` that keeps the `max_to_keep` latest steps."""
   options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  # Registered handlers let `item_metadata` read a checkpoint's tree before restoring it.
+  handlers = {"state": ocp.StandardCheckpointHandler(), "data": ocp.JsonCheckpointHandler()}
   return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                               options=options)
+                               options=options, item_handlers=handlers)
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: Any,
@@ -44,9 +47,41 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   step = manager.latest_step() if step is None else step
   if step is None:
     raise FileNotFoundError(f"no checkpoint under {manager.directory}")
+  _check_structure(manager, step, abstract_state)
   items = {"state": ocp.args.StandardRestore(abstract_state)}
   if with_data_state and "data" in (manager.item_metadata(step) or {}):
     items["data"] = ocp.args.JsonRestore()
   restored = manager.restore(step, args=ocp.args.Composite(**items))
   return restored["state"], (restored["data"] if "data" in items else None)
 
+
+
+def _leaf_paths(tree: Any) -> set[str]:
+  def name(key):
+    for attr in ("key", "name", "idx"):
+      if hasattr(key, attr):
+        return str(getattr(key, attr))
+    return str(key)
+  return {"/".join(name(k) for k in path)
+          for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def _check_structure(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
+  """Raises a short, specific error when the checkpoint holds a different model.
+
+  Orbax's own message dumps both trees in full; this names the step, a few
+  differing entries, and the usual cause.
+  """
+  metadata = manager.item_metadata(step)
+  saved = metadata.get("state") if metadata is not None else None
+  if saved is None:
+    return
+  stored, wanted = _leaf_paths(saved), _leaf_paths(abstract_state)
+  if stored == wanted:
+    return
+  missing, unexpected = sorted(wanted - stored), sorted(stored - wanted)
+  raise ValueError(
+      f"{manager.directory}/{step}: the checkpoint holds a different model than the config "
+      f"builds (config lacks {len(unexpected)} saved entries, e.g. {unexpected[:3]}; checkpoint "
+      f"lacks {len(missing)} expected ones, e.g. {missing[:3]}). Check model.name, its "
+      "architecture fields and model.class_gaussian against the run that trained it.")

@@ -163,3 +163,13 @@ def test_class_gaussians_are_fitted_to_the_train_split_and_checkpointed(data_dir
     np.testing.assert_allclose(restored["mean"][c], centres[labels == c].mean(0), atol=2e-3)
   np.testing.assert_allclose(restored["mean"][10], centres.mean(0), atol=1e-3)
   assert restored["basis"].shape == (11, 64, 64) and bool((restored["variance"] > 0).all())
+
+
+def test_restoring_a_different_model_names_the_checkpoint_and_the_cause(data_dir, tmp_path):
+  config = tiny_config(data_dir, steps=2)
+  config.model.class_gaussian = "none"
+  trainer.train(config, str(tmp_path))
+  config.model.class_gaussian = "full"
+  with pytest.raises(ValueError, match=r"checkpoints/2: the checkpoint holds a different model.*"
+                                       r"model\.class_gaussian"):
+    train_state.restore_inference_variables(config, str(tmp_path))
