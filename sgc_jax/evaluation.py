@@ -64,21 +64,30 @@ def _per_image_inputs(key, ids, images, config):
 
 
 def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: int = 0):
-  """Scores every record of `source`; returns a dict of numpy arrays."""
+  """Scores every record of `source`; returns a dict of numpy arrays in record order.
+
+  With several processes, each scores records process_index::process_count on
+  its local `mesh` (`eval.batch_size` images per process and batch), and the
+  results are gathered so that every process returns the whole split.
+  """
   batch_size = math.ceil(config.eval.batch_size / mesh.size) * mesh.size
   n = len(source) if not max_examples else min(max_examples, len(source))
   if n < len(source):
     source = reader.SubsetSource(source, np.arange(n))
+  process, processes = jax.process_index(), jax.process_count()
+  positions = np.arange(process, n, processes)
   deq_key, probe_key = jax.random.split(key)
   fields = ("image", "label", "id") if "id" in source[0] else ("image", "label")
   out = {"log_likelihood": [], "nfe": [], "success": [], "label": [], "id": []}
   prepare = jax.jit(functools.partial(_per_image_inputs, config=config))
   start = time.perf_counter()
   done = 0
-  with tqdm.tqdm(total=n, desc=desc, unit="img", disable=jax.process_index() != 0,
+  with tqdm.tqdm(total=len(positions), desc=desc, unit="img", disable=process != 0,
                  mininterval=5.0) as progress:
-    for batch, n_valid in reader.eval_batches(source, batch_size=batch_size, fields=fields):
-      ids = batch["id"] if "id" in batch else np.arange(done, done + batch_size)
+    for batch, n_valid in reader.eval_batches(source, batch_size=batch_size, fields=fields,
+                                              shard_index=process, shard_count=processes):
+      # Without stored ids an image is named by its position in the split.
+      ids = batch["id"] if "id" in batch else np.resize(positions[done:done + n_valid], batch_size)
       x = prepare(deq_key, np.asarray(ids), batch["image"])
       x = jax.device_put(x, sharding.batch_sharded(mesh))
       result = jax.device_get(scorer(x, probe_key))
@@ -91,7 +100,13 @@ def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: 
       progress.update(n_valid)
   seconds = time.perf_counter() - start
   result = {k: np.concatenate(v) for k, v in out.items()}
-  result["seconds"] = seconds
+  result["position"] = positions
+  result = sharding.gather_from_processes(result)
+  order = np.argsort(result.pop("position"), kind="stable")
+  result = {k: v[order] for k, v in result.items()}
+  # The slowest process sets the pace of the whole split.
+  result["seconds"] = float(np.max(sharding.gather_from_processes(
+      {"seconds": np.asarray([seconds])})["seconds"]))
   return result
 
 
@@ -104,12 +119,15 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
       `variables` is None); outputs go to `workdir/eval_<split>/`.
     variables, model: a trained model's inference variables and module, to
       skip the checkpoint restore.
+    mesh: the devices to score on; default this process's local devices.
+      In a multi-process job every process scores its share of the split and
+      process 0 writes the outputs.
 
   Returns:
-    The metrics dict written to `metrics.json`.
+    The metrics dict written to `metrics.json` (the same on every process).
   """
   sharding.maybe_initialize_distributed()
-  mesh = mesh or sharding.make_mesh()
+  mesh = mesh or sharding.make_mesh(jax.local_devices())
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
   ev = config.eval
@@ -119,6 +137,8 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
     model = models.get_model(config.model, num_classes, sde)
   if variables is None:
     variables = train_state.restore_inference_variables(config, workdir, mesh=mesh)
+  else:
+    variables = sharding.replicate_locally(variables, mesh)
   score_fn = models.make_score_fn(model, variables, sde.marginal_std)
   scorer = make_class_scorer(config, score_fn, sde, num_classes, mesh)
   key = jax.random.PRNGKey(config.seed + 1)

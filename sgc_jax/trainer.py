@@ -57,7 +57,7 @@ def make_train_step(config, model, tx, sde, schedule):
           importance_sampling=training.importance_sampling)
 
     (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     if training.ema_decay:

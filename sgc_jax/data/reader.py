@@ -10,8 +10,10 @@ from __future__ import annotations
 from typing import Iterator
 
 import grain
+import jax
 import numpy as np
 
+from sgc_jax import sharding
 from sgc_jax.data import records
 from sgc_jax.data.builders import get_builder_class
 
@@ -39,6 +41,11 @@ def load_builder(data_config):
           f"manual download once with `sgc-convert {data_config.name} --manual_dir DIR "
           f"--data_dir {data_dir}`")
     return builder
+  if jax.process_count() > 1:
+    # One writer: concurrent builds race on renaming TFDS's temporary directory.
+    if jax.process_index() == 0:
+      records.prepare(builder_cls, data_dir, config=builder_config)
+    sharding.barrier(f"prepare {data_config.name} records")
   return records.prepare(builder_cls, data_dir, config=builder_config)
 
 
