@@ -208,7 +208,7 @@ def _with_class_gaussians(state: TrainState, config, train_source, mesh) -> Trai
       batches(), config.data.num_classes, covariance=config.model.class_gaussian,
       shrinkage=config.model.class_gaussian_shrinkage)
   stats = jax.device_put(stats, sharding.replicated(mesh))
-  return state.replace(model_state={**state.model_state, "class_gaussian": stats})
+  return state.replace(model_state={**state.model_state, class_gaussian.COLLECTION: stats})
 
 
 def _check_finite(state: TrainState, manager) -> None:

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+COLLECTION = "class_gaussian"  # the variable collection that holds the fitted Gaussians
 COVARIANCES = ("full", "diagonal")
 # A full covariance per class is D x D floats: fine for 8x8 digits, not for
 # mammograms, which need "diagonal".
@@ -65,14 +66,14 @@ class ClassGaussianSkip(nn.Module):
     out = self.net(x, t, y, train=train)
     dim = int(np.prod(x.shape[1:]))
     rows = self.num_classes + 1
-    mean = self.variable("class_gaussian", "mean", jnp.zeros, (rows, dim)).value
-    variance = self.variable("class_gaussian", "variance", jnp.ones, (rows, dim)).value
+    mean = self.variable(COLLECTION, "mean", jnp.zeros, (rows, dim)).value
+    variance = self.variable(COLLECTION, "variance", jnp.ones, (rows, dim)).value
     alpha = self.sde.marginal_mean_coeff(t)[:, None]
     sigma = self.sde.marginal_std(t)[:, None]
     residual = x.reshape(x.shape[0], dim).astype(jnp.float32) - alpha * mean[y]
     inverse_variance = 1.0 / (alpha**2 * variance[y] + sigma**2)
     if self.covariance == "full":
-      basis = self.variable("class_gaussian", "basis",
+      basis = self.variable(COLLECTION, "basis",
                             lambda: jnp.broadcast_to(jnp.eye(dim), (rows, dim, dim))).value[y]
       coords = jnp.einsum("bdk,bd->bk", basis, residual)
       gaussian_score = -jnp.einsum("bdk,bk->bd", basis, coords * inverse_variance)
@@ -155,4 +156,4 @@ def fit_class_gaussians(batches: Iterable[tuple[np.ndarray, np.ndarray]], num_cl
 
 def has_class_gaussian(variables: dict[str, Any]) -> bool:
   """Whether a model's variables carry class Gaussians to fit."""
-  return "class_gaussian" in variables
+  return COLLECTION in variables
