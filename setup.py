@@ -31,6 +31,7 @@ setuptools.setup(
         "matplotlib>=3.8,<4",
         "scikit-image>=0.22,<1",
         "importlib-resources>=6",
+        "scipy>=1.11",  # the reference (seed) likelihood path integrates with RK45
     ],
     extras_require={
         # Decoders that real mammography archives need (JPEG 2000, JPEG-LS,
