@@ -41,8 +41,7 @@ setuptools.setup(
             "pylibjpeg-openjpeg>=2.3,<3",
             "pylibjpeg-libjpeg>=2.2,<3",
             "pylibjpeg-rle>=2.0,<3",
-            "openpyxl>=3.1,<4",
-            "xlrd>=2.0,<3",  # INbreast ships its table as Excel 97 .xls
+            "python-calamine>=0.2,<1",  # INbreast's Excel 97 .xls (and .xlsx) table
             "pandas>=2.0,<4",
         ],
         "test": [
@@ -53,9 +52,9 @@ setuptools.setup(
             "pylibjpeg-openjpeg>=2.3,<3",
             "pylibjpeg-libjpeg>=2.2,<3",
             "pylibjpeg-rle>=2.0,<3",
-            "openpyxl>=3.1,<4",
-            "xlrd>=2.0,<3",
-            "xlwt>=1.3,<2",  # writes the .xls fixture that xlrd reads back
+            "python-calamine>=0.2,<1",
+            "openpyxl>=3.1,<4",  # writes the .xlsx fixture
+            "xlwt>=1.3,<2",  # writes the .xls fixture
             "pandas>=2.0,<4",
         ],
     },

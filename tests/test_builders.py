@@ -544,7 +544,7 @@ def test_inbreast_reads_the_spreadsheet_table(inbreast_tree, tmp_path):
 
 
 def test_inbreast_reads_the_legacy_xls_it_ships_with(inbreast_tree, tmp_path):
-  # The real INbreast table is an Excel 97 .xls: read through xlrd.
+  # The real INbreast table is an Excel 97 .xls whose ids and plain BI-RADS are numbers.
   import pandas as pd  # pylint: disable=g-import-not-at-top
   import xlwt  # pylint: disable=g-import-not-at-top
   from sgc_jax.data.builders import inbreast as inbreast_module  # pylint: disable=g-import-not-at-top
@@ -554,7 +554,9 @@ def test_inbreast_reads_the_legacy_xls_it_ships_with(inbreast_tree, tmp_path):
   for col, name in enumerate(frame.columns):
     sheet.write(0, col, name)
     for row, value in enumerate(frame[name], start=1):
-      sheet.write(row, col, "" if pd.isna(value) else value)
+      if pd.isna(value):
+        continue                                  # an empty cell
+      sheet.write(row, col, float(value) if value.isdigit() else value)
   xls = tmp_path / "INbreast.xls"
   book.save(str(xls))
   from_csv = inbreast_module._read_table(os.path.join(inbreast_tree, "INbreast.csv"))

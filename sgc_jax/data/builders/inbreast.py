@@ -15,6 +15,7 @@ no patient is in both and both splits have both classes.
 from __future__ import annotations
 
 import csv
+import math
 import os
 import re
 
@@ -65,7 +66,8 @@ class Inbreast(mammography.MammographyBuilder):
     <manual_dir>/INbreast.csv   (or INbreast.xls / .xlsx)
     <manual_dir>/AllDICOMs/<file id>_<patient>_MG_<L|R>_<CC|ML>_ANON.dcm
 
-  Reading the .xls needs xlrd (in the `dicom` extra); the .csv needs nothing.
+  Reading the .xls or .xlsx needs python-calamine (in the `dicom` extra); the .csv
+  needs nothing.
   """
 
   @classmethod
@@ -131,6 +133,15 @@ class Inbreast(mammography.MammographyBuilder):
     return sources, skipped
 
 
+def _cell_text(value) -> str:
+  """A table cell as text: spreadsheets store file ids and BI-RADS 1-6 as numbers."""
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return ""
+  if isinstance(value, float) and value.is_integer():
+    return str(int(value))
+  return str(value).strip()
+
+
 def _read_table(path: str) -> dict[str, dict]:
   """file id -> row (stripped strings), from the release's CSV or spreadsheet."""
   if path.lower().endswith(".csv"):
@@ -142,16 +153,15 @@ def _read_table(path: str) -> dict[str, dict]:
   else:
     import pandas as pd  # pylint: disable=g-import-not-at-top
     try:
-      frame = pd.read_excel(path, dtype=str)
+      # calamine reads both the release's Excel 97 .xls and .xlsx.
+      frame = pd.read_excel(path, engine="calamine")
     except ImportError as e:
-      raise ImportError(f"{path}: reading it needs {e.name or 'an Excel reader'} "
-                        "(pip install xlrd for .xls, openpyxl for .xlsx), or export it "
-                        "to INbreast.csv") from e
-    raw_rows = frame.fillna("").to_dict("records")
+      raise ImportError(f"{path}: reading it needs python-calamine (the `dicom` extra), or "
+                        "export it to INbreast.csv") from e
+    raw_rows = frame.to_dict("records")
   rows = {}
   for raw in raw_rows:
-    row = {str(k).strip(): str(v if v is not None else "").strip()
-           for k, v in raw.items() if k is not None}
+    row = {str(k).strip(): _cell_text(v) for k, v in raw.items() if k is not None}
     missing = [c for c in _REQUIRED_COLUMNS if c not in row]
     if missing:
       raise ValueError(f"{path}: missing columns {missing}; found {sorted(row)}")
