@@ -19,11 +19,13 @@ against (`benchmarks/likelihood_speed.py`) and checked against closed forms
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 from scipy import integrate
 
 from sgc_jax.likelihood import LikelihoodResult, draw_probes
@@ -32,17 +34,32 @@ from sgc_jax.likelihood import LikelihoodResult, draw_probes
 _FORWARD_PASSES_PER_RHS = 2
 
 
+@functools.partial(jax.jit, static_argnames="sde")
+def _drift(score_fn, z, t, y, *, sde):
+  times = jnp.full((z.shape[0],), t, jnp.float32)
+  return sde.probability_flow_drift(z, times, score_fn(z, times, y))
+
+
+@functools.partial(jax.jit, static_argnames="sde")
+def _divergence(score_fn, z, t, y, noise, *, sde):
+  # A second forward pass and a backward pass, as in the seed.
+  _, vjp = jax.vjp(lambda v: _drift(score_fn, v, t, y, sde=sde), z)
+  (grad,) = vjp(noise)
+  return jnp.sum(grad * noise, axis=tuple(range(1, grad.ndim)))
+
+
 def seed_class_log_likelihoods(score_fn: Callable, sde, x, num_classes: int, *, key: jax.Array,
                                rtol: float = 1e-5, atol: float = 1e-5, eps: float = 1e-5,
                                probe: str = "gaussian") -> LikelihoodResult:
   """log p(x | y) in nats for every image and class, the seed's way (see the module docstring).
 
   Args:
-    score_fn: `score_fn(x [B,H,W,C], t [B], y [B] int32) -> score`.
+    score_fn: `score_fn(x [B,H,W,C], t [B], y [B] int32) -> score`; a
+      `jax.tree_util.Partial` is reused across calls without recompiling.
     sde: an `sgc_jax.sde` SDE.
     x: images [B, H, W, C], already model inputs.
     num_classes: classes scored one after another, 0..num_classes-1.
-    key: PRNG key of the one probe shared by every class.
+    key: PRNG key of the probes (one per image, the same for every class).
     rtol, atol, eps: RK45 tolerances and the starting time.
     probe: "gaussian" (the seed's) or "rademacher".
 
@@ -50,21 +67,11 @@ def seed_class_log_likelihoods(score_fn: Callable, sde, x, num_classes: int, *, 
     `LikelihoodResult` [B, C]: log-likelihoods, forward passes (the batch's, shared
     by its images) and scipy's success flag.
   """
+  if not isinstance(score_fn, Partial):
+    score_fn = Partial(score_fn)
   x = np.asarray(x, np.float32)
   batch, shape = x.shape[0], x.shape
   noise = draw_probes(key, shape, 1, probe)[0]
-
-  @jax.jit
-  def drift(z, t, y):
-    times = jnp.full((batch,), t, jnp.float32)
-    return sde.probability_flow_drift(z, times, score_fn(z, times, y))
-
-  @jax.jit
-  def divergence(z, t, y):
-    # A second forward pass and a backward pass, as in the seed.
-    _, vjp = jax.vjp(lambda v: drift(v, t, y), z)
-    (grad,) = vjp(noise)
-    return jnp.sum(grad * noise, axis=tuple(range(1, grad.ndim)))
 
   log_likelihood = np.full((batch, num_classes), np.nan)
   evaluations = np.zeros((batch, num_classes), np.int64)
@@ -74,8 +81,8 @@ def seed_class_log_likelihoods(score_fn: Callable, sde, x, num_classes: int, *, 
 
     def rhs(t, state, labels=labels):
       z = jnp.asarray(state[:-batch].reshape(shape), jnp.float32)
-      d = np.asarray(drift(z, t, labels), np.float64).ravel()
-      div = np.asarray(divergence(z, t, labels), np.float64)
+      d = np.asarray(_drift(score_fn, z, t, labels, sde=sde), np.float64).ravel()
+      div = np.asarray(_divergence(score_fn, z, t, labels, noise, sde=sde), np.float64)
       return np.concatenate([d, div])
 
     start = np.concatenate([x.ravel().astype(np.float64), np.zeros(batch)])
