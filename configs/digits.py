@@ -43,7 +43,7 @@ def get_config():
   config.eval.rtol = 1e-4
   config.eval.atol = 1e-4
   # Exact divergence costs 64 JVPs per step here; one Rademacher probe shared
-  # by every class costs one (see the README's solver table).
+  # by every class costs one (see the README's likelihood-speed table).
   config.eval.divergence = "hutchinson"
   config.eval.num_samples = 8
 
