@@ -55,7 +55,6 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   return restored["state"], (restored["data"] if "data" in items else None)
 
 
-
 def _leaf_paths(tree: Any) -> set[str]:
   def name(key):
     for attr in ("key", "name", "idx"):

@@ -11,9 +11,11 @@ import os
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 DATA_AXIS = "data"
+
 
 def maybe_initialize_distributed() -> None:
   """Calls `jax.distributed.initialize` when launched as a multi-process job.
@@ -90,11 +92,9 @@ def to_global(local_batch, mesh: Mesh):
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local_batch)
 
 
-
 def barrier(name: str) -> None:
   """Waits until every process reaches the barrier `name`; a no-op for one process."""
   if jax.process_count() > 1:
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
     multihost_utils.sync_global_devices(name)
 
 
@@ -106,7 +106,6 @@ def gather_from_processes(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray
   """
   if jax.process_count() == 1:
     return arrays
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   counts = multihost_utils.process_allgather(np.asarray([len(next(iter(arrays.values())))]))
   counts = np.asarray(counts).reshape(-1)
   most = int(counts.max())
