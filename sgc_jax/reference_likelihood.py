@@ -14,7 +14,7 @@ computes log p(x | y) like this, and so does `seed_class_log_likelihoods`:
   and host.
 
 Unlike the seed, the label is passed to the network. It exists to be measured
-against (`benchmarks/likelihood_speed.py`) and checked against closed forms
+against (`tools/likelihood_speed.py`) and checked against closed forms
 (`tests/test_reference_likelihood.py`), not to be used.
 """
 from __future__ import annotations

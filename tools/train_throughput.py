@@ -1,6 +1,6 @@
 """Training-step throughput (images/s) of the score networks on forced CPU devices.
 
-    python benchmarks/train_throughput.py            # writes benchmarks/results/train_throughput.json
+    python tools/train_throughput.py            # writes tools/results/train_throughput.json
 
 Each (model, resolution, device count) runs in its own subprocess, because the
 number of forced host devices is fixed when JAX starts. The step measured is

@@ -1,7 +1,7 @@
 """What the class-Gaussian skip does to the exact likelihood classifier on digits.
 
-    python benchmarks/class_gaussian_ablation.py --workdir /tmp/ablation
-    # writes benchmarks/results/class_gaussian_ablation.json (about 12 min on 2 CPU cores)
+    python tools/class_gaussian_ablation.py --workdir /tmp/ablation
+    # writes tools/results/class_gaussian_ablation.json (about 12 min on 2 CPU cores)
 
 Three classifiers on the digits test split, all scored by the same exact
 probability-flow likelihood (`configs/digits.py`'s eval settings):

@@ -1,8 +1,8 @@
 """Exact-likelihood scoring speed: the engine against the seed's path, on a trained digits model.
 
     sgc-demo --workdir /tmp/demo                       # or any trained configs/digits.py run
-    python benchmarks/likelihood_speed.py --workdir /tmp/demo
-    # writes benchmarks/results/likelihood_speed.json
+    python tools/likelihood_speed.py --workdir /tmp/demo
+    # writes tools/results/likelihood_speed.json
 
 Scores the same test images for all 10 classes with
   * the seed's path (`sgc_jax.reference_likelihood`: scipy RK45 on the host,
