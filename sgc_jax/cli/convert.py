@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import os
 
-from absl import app
-from absl import flags
+from absl import app, flags
+
+from sgc_jax.cli import common
 
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None,
                                   "The release as downloaded (see the dataset's instructions).")
@@ -39,7 +40,7 @@ def main(argv):
 
 def run():
   """Console-script entry point."""
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == "__main__":

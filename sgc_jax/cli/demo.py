@@ -6,9 +6,10 @@ Builds the digits records, trains the generative classifier, classifies the
 test split with the probability-flow likelihood, trains the discriminative
 baseline, prints both side by side and writes WORKDIR/report.json.
 """
-from absl import app, flags, logging
+from absl import flags, logging
 
 from sgc_jax import demo
+from sgc_jax.cli import common
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", "sgc_demo", "Where checkpoints, plots and report.json go.")
@@ -22,7 +23,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == "__main__":

@@ -6,10 +6,11 @@ Writes WORKDIR/eval_<split>/metrics.json, predictions.csv and PNG plots.
 """
 import json
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from sgc_jax import evaluation
+from sgc_jax.cli import common
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
@@ -27,7 +28,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
     sgc-train --config configs/digits.py --workdir /tmp/digits
 """
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
 from sgc_jax import trainer
+from sgc_jax.cli import common
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
@@ -26,7 +27,7 @@ def main(argv):
 
 
 def run():
-  app.run(main)
+  common.run(main)
 
 
 if __name__ == "__main__":
