@@ -58,6 +58,101 @@ def num_groups(channels: int, requested: int) -> int:
   raise AssertionError("unreachable: 1 divides every channel count")
 
 
+class ConvTranspose(nn.Module):
+  """Transposed convolution whose kernel equals its stride, as one einsum.
+
+  Computes exactly what `nn.ConvTranspose(features, (k, k), strides=(k, k),
+  padding="VALID")` computes, with the same parameters (`kernel` (k, k, in,
+  out), `bias` (out,)), so checkpoints of either load into the other. With a
+  kernel no larger than the stride the output windows do not overlap: every
+  input pixel writes its own k x k block, which is one matmul over channels
+  and a reshape. Flax's layer lowers to a dilated convolution instead, whose
+  weight gradient XLA:CPU runs as a plain loop (tens of ms per layer, growing
+  with the image; method.md section 6).
+
+  Attributes:
+    features: output channels.
+    factor: kernel size and stride k in both spatial axes.
+    kernel_init, bias_init: initialisers of the (k, k, in, out) kernel and bias.
+    dtype: compute dtype; parameters are float32.
+  """
+  features: int
+  factor: int = 2
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x [B, H, W, C] -> [B, k*H, k*W, features]."""
+    k = self.factor
+    kernel = self.param("kernel", self.kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    # Flax's convention (no `transpose_kernel`) places kernel tap (a, b) at
+    # offset (k-1-a, k-1-b) of each output block, hence the flip.
+    y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel[::-1, ::-1])
+    batch, height, _, width, _, _ = y.shape
+    return y.reshape(batch, height * k, width * k, self.features) + bias
+
+
+class Conv(nn.Module):
+  """Stride-1 convolution with an odd square kernel and zero 'SAME' padding.
+
+  The same parameters and outputs as `nn.Conv(features, (k, k), padding=k//2)`.
+  On feature maps smaller than the kernel (the U-Net's bottom level at 32x32
+  inputs is 2x2) XLA:CPU swaps the convolution's operands and runs it as a
+  plain loop (~0.5 s of a 1.1 s training step); there this layer pads once,
+  gathers the k*k shifted views and does one matmul (im2col), which is exact.
+  Larger maps use `lax.conv_general_dilated`, as `nn.Conv` does.
+
+  Attributes:
+    features: output channels.
+    kernel_size: k (odd).
+    use_bias: whether to add a bias.
+    kernel_init, bias_init: initialisers of the (k, k, in, out) kernel and bias.
+    dtype: compute dtype; parameters are float32.
+  """
+  features: int
+  kernel_size: int = 3
+  use_bias: bool = True
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """x [B, H, W, C] -> [B, H, W, features]."""
+    k = self.kernel_size
+    if k % 2 != 1:
+      raise ValueError(f"kernel_size: must be odd, got {k}")
+    kernel = self.param("kernel", self.kernel_init,
+                        (k, k, x.shape[-1], self.features), jnp.float32)
+    bias = (self.param("bias", self.bias_init, (self.features,), jnp.float32)
+            if self.use_bias else None)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    height, width = x.shape[1:3]
+    if min(height, width) < k:
+      y = _im2col_conv(x, kernel)
+    else:
+      y = jax.lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding=[(k // 2, k // 2)] * 2,
+          dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y if bias is None else y + bias
+
+
+def _im2col_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """'SAME' stride-1 convolution as k*k shifted views of the padded input and one matmul."""
+  k = kernel.shape[0]
+  height, width = x.shape[1:3]
+  padded = jnp.pad(x, ((0, 0), (k // 2, k // 2), (k // 2, k // 2), (0, 0)))
+  # Tap order (i, j, c) is the row-major flattening of the HWIO kernel.
+  patches = jnp.concatenate([padded[:, i:i + height, j:j + width, :]
+                             for i in range(k) for j in range(k)], axis=-1)
+  return patches @ kernel.reshape(-1, kernel.shape[-1])
+
+
 class GaussianFourierProjection(nn.Module):
   """Gaussian random Fourier features of t: [sin 2*pi*t*W, cos 2*pi*t*W].
 
