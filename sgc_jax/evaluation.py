@@ -31,10 +31,13 @@ from sgc_jax.data import reader, records
 
 
 def make_class_scorer(config, score_fn, sde, num_classes: int, mesh):
-  """Returns scorer(x [B,H,W,C], key) -> LikelihoodResult, sharded over `mesh`.
+  """Returns scorer(x [B,H,W,C], ids [B], key) -> LikelihoodResult, sharded over `mesh`.
 
   The configured estimator ("ode" or "denoising") runs independently on each
-  device's slice of the batch.
+  device's slice of the batch. The ODE's Hutchinson probes of an image are
+  drawn from `key` folded with its id (the same for all of its classes), so
+  they vary between images, and never depend on the batch; the denoising
+  estimator shares its (t, z) draws across all images already.
   """
   ev = config.eval
   if ev.estimator == "ode":
@@ -48,17 +51,23 @@ def make_class_scorer(config, score_fn, sde, num_classes: int, mesh):
         estimators.denoising_log_likelihoods, sde=sde, num_classes=num_classes,
         num_time_samples=ev.num_time_samples, eps=ev.eps)
 
-  def per_device(score_fn, x, key):
+  def per_device(score_fn, x, ids, key):
+    if ev.estimator == "ode":
+      key = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids.astype(jnp.uint32))
     return estimate(score_fn, x=x, key=key)
 
-  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(sharding.DATA_AXIS), P()),
-                                  out_specs=P(sharding.DATA_AXIS), check_vma=False))
-  return lambda x, key: sharded(score_fn, x, key)
+  data = P(sharding.DATA_AXIS)
+  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), data, data, P()),
+                                  out_specs=data, check_vma=False))
+  return lambda x, ids, key: sharded(score_fn, x, ids, key)
 
 
-def _per_image_inputs(key, ids, images, config):
-  # One dequantization key per image id: an image's input never depends on
-  # its position in the batch.
+def per_image_inputs(key, ids, images, config):
+  """Integer records [B,H,W,C] -> model inputs, each dequantized with `key` folded with its id.
+
+  One dequantization key per image id: an image's input never depends on its
+  position in the batch.
+  """
   keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids.astype(jnp.uint32))
   return jax.vmap(lambda k, img: inputs.model_inputs(k, img[None], config)[0])(keys, images)
 
@@ -79,7 +88,7 @@ def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: 
   deq_key, probe_key = jax.random.split(key)
   fields = ("image", "label", "id") if "id" in source[0] else ("image", "label")
   out = {"log_likelihood": [], "nfe": [], "success": [], "label": [], "id": []}
-  prepare = jax.jit(functools.partial(_per_image_inputs, config=config))
+  prepare = jax.jit(functools.partial(per_image_inputs, config=config))
   start = time.perf_counter()
   done = 0
   with tqdm.tqdm(total=len(positions), desc=desc, unit="img", disable=process != 0,
@@ -90,7 +99,7 @@ def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: 
       ids = batch["id"] if "id" in batch else np.resize(positions[done:done + n_valid], batch_size)
       x = prepare(deq_key, np.asarray(ids), batch["image"])
       x = jax.device_put(x, sharding.batch_sharded(mesh))
-      result = jax.device_get(scorer(x, probe_key))
+      result = jax.device_get(scorer(x, np.asarray(ids), probe_key))
       out["log_likelihood"].append(result.log_likelihood[:n_valid])
       out["nfe"].append(result.num_function_evals[:n_valid])
       out["success"].append(result.success[:n_valid])

@@ -9,9 +9,12 @@ solve per (image, class), all of them `vmap`-ed into one jitted program:
   * drift and divergence come from one `jax.linearize` of the score (one
     forward pass; each probe is then one JVP through the stored linearisation);
     the linear part a(t) x contributes a(t) * D exactly;
-  * every class and every image shares the same probes and (for fixed steps)
+  * every class of an image shares the image's probes and (for fixed steps)
     the same time grid, so class differences carry no probe noise of their own
-    (common random numbers), and an image's probes do not depend on its batch;
+    (common random numbers); with one key per image (e.g. folded with the
+    image's id) the probes differ between images, so their error averages out
+    over a split instead of acting as one per-class offset, and an image's
+    probes never depend on its batch;
   * each (image, class) has its own adaptive step sizes and error norm: an
     image's result never depends on its batch-mates, and a failed solve only
     marks its own entry (its log-likelihood is NaN, `success` is False).
@@ -48,6 +51,16 @@ def draw_probes(key, shape, num_probes: int, kind: str = "rademacher", dtype=jnp
   raise ValueError(f"probe: unknown probe distribution {kind!r}; choose one of {PROBES}")
 
 
+def per_image_keys(key, batch_size: int):
+  """`batch_size` PRNG keys: `key` repeated when it is one key, else `key` itself."""
+  typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+  if key.ndim == (0 if typed else 1):
+    return jnp.broadcast_to(key, (batch_size,) + key.shape)
+  if key.shape[0] != batch_size:
+    raise ValueError(f"key: {key.shape[0]} per-image keys for {batch_size} images")
+  return key
+
+
 def _basis(shape, dtype):
   dim = math.prod(shape)
   return jnp.eye(dim, dtype=dtype).reshape((dim,) + tuple(shape))
@@ -72,8 +85,8 @@ def _score_divergence(score_one, x, directions, divergence: str, control):
   return score, jnp.mean(quad - control * (jnp.sum(flat * flat, axis=1) - flat.shape[1]))
 
 
-def _solve_one(score_fn, sde, x, y, directions, *, divergence, solver, controller, dt0,
-               eps, max_steps):
+def _solve_one(score_fn, sde, x, y, directions, *, divergence, solver, controller, dt0, eps,
+               max_steps):
   """log p(x | y) for one image x [H, W, C] and one label y (scalars out)."""
   dim = x.size
 
@@ -106,23 +119,27 @@ def _solve_one(score_fn, sde, x, y, directions, *, divergence, solver, controlle
     jax.jit,
     static_argnames=("sde", "num_classes", "solver", "adaptive", "rtol", "atol", "num_steps",
                      "grid", "eps", "max_steps", "divergence", "probe", "num_probes"))
-def _class_log_likelihoods(score_fn, x, key, *, sde, num_classes, solver, adaptive, rtol, atol,
+def _class_log_likelihoods(score_fn, x, keys, *, sde, num_classes, solver, adaptive, rtol, atol,
                            num_steps, grid, eps, max_steps, divergence, probe, num_probes):
   solver_obj = solvers.get_solver(solver)
   controller, dt0 = solvers.make_controller(
       solver_obj, adaptive=adaptive, rtol=rtol, atol=atol, eps=eps, T=sde.T,
       num_steps=num_steps, grid=grid, dtype=x.dtype)
   image_shape = x.shape[1:]
-  if divergence == "exact":
-    directions = _basis(image_shape, x.dtype)
-  else:
-    directions = draw_probes(key, image_shape, num_probes, probe, x.dtype)
   solve = functools.partial(
-      _solve_one, score_fn, sde, directions=directions, divergence=divergence,
-      solver=solver_obj, controller=controller, dt0=dt0, eps=eps, max_steps=max_steps)
+      _solve_one, score_fn, sde, divergence=divergence, solver=solver_obj,
+      controller=controller, dt0=dt0, eps=eps, max_steps=max_steps)
   classes = jnp.arange(num_classes, dtype=jnp.int32)
-  per_class = jax.vmap(solve, in_axes=(None, 0))     # one image, every class
-  logp, steps, success = jax.vmap(per_class, in_axes=(0, None))(x, classes)
+
+  def per_image(image, image_key):
+    if divergence == "exact":
+      directions = _basis(image_shape, x.dtype)
+    else:
+      directions = draw_probes(image_key, image_shape, num_probes, probe, x.dtype)
+    # Every class of the image integrates with the same directions.
+    return jax.vmap(lambda y: solve(image, y, directions))(classes)
+
+  logp, steps, success = jax.vmap(per_image)(x, keys)
   nfe = steps * solvers.evaluations_per_step(solver_obj) + 1
   return LikelihoodResult(logp, nfe, success)
 
@@ -143,7 +160,10 @@ def class_log_likelihoods(
     sde: an `sgc_jax.sde` SDE (its drift must be linear in x).
     x: images [B, H, W, C] (already dequantized and scaled as in training).
     num_classes: the classes scored, 0..num_classes-1.
-    key: PRNG key for the Hutchinson probes, shared by every image and class.
+    key: PRNG key for the Hutchinson probes: one key, shared by every image, or
+      one key per image ([B] typed or [B, 2] raw keys), e.g. the image's id
+      folded into a base key. Either way all classes of an image share its
+      probes, and `num_probes` > 1 averages that many.
     solver: Diffrax solver name (see `sgc_jax.solvers.SOLVERS`).
     adaptive: PID step-size control with `rtol`/`atol`; else `num_steps` fixed
       steps on a `grid` ("quadratic", "log" or "uniform") dense near `eps`.
@@ -169,7 +189,8 @@ def class_log_likelihoods(
   if not isinstance(score_fn, Partial):
     score_fn = Partial(score_fn)
   return _class_log_likelihoods(
-      score_fn, jnp.asarray(x, dtype), key, sde=sde, num_classes=num_classes, solver=solver,
+      score_fn, jnp.asarray(x, dtype), per_image_keys(jnp.asarray(key), x.shape[0]), sde=sde,
+      num_classes=num_classes, solver=solver,
       adaptive=adaptive, rtol=rtol, atol=atol, num_steps=num_steps, grid=grid, eps=eps,
       max_steps=max_steps, divergence=divergence, probe=probe, num_probes=num_probes)
 
