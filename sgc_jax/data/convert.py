@@ -2,16 +2,21 @@
 
 `convert_dataset` is what `sgc-convert` runs:
 
-1. lists the release's images from its tables (the builder's `list_sources`);
-2. decodes and preprocesses them in parallel processes into the decode cache
-   (the slow part: ~0.3 CPU-seconds per 4.5k x 2.8k mammogram);
+1. matches every row of the release's tables to a file (`check_dataset`, also
+   what `sgc-convert --check` runs alone: seconds, no decoding), writes
+   `resolve_report.csv` and can print the summary; stops here if nothing
+   resolved, or, with `strict`, if any table or listed image is missing;
+2. decodes and preprocesses the found images in parallel processes into the
+   decode cache (the slow part: ~0.3 CPU-seconds per 4.5k x 2.8k mammogram);
 3. lets TFDS write the records from the cache (`records.prepare`), which also
-   writes `errors.csv`, the per-file error report, next to the records;
+   writes `errors.csv`, the per-file error report;
 4. writes `qc_summary.json` (counts per split and class, skipped files with
    their reasons) and `preview.png` (a grid of records) next to the records.
 
-Every step is idempotent: finished records are not rebuilt, and decoded images
-are reused, so an interrupted conversion resumes where it stopped.
+The two reports live in `<data_dir>/<dataset>/<config>/`, beside the records'
+version folder, so they survive a failed build. Every step is idempotent:
+finished records are not rebuilt, and decoded images are reused, so an
+interrupted conversion resumes where it stopped.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import collections
 import json
 import os
 import time
+from typing import Callable
 
 import numpy as np
 
@@ -31,9 +37,37 @@ SUMMARY_FILENAME = "qc_summary.json"
 PREVIEW_FILENAME = "preview.png"
 
 
+def check_dataset(name: str, manual_dir: str, data_dir: str | None = None,
+                  config: str | None = None) -> tuple[mammography.Resolution, str]:
+  """Matches every table row of a manual download to a file, without decoding.
+
+  Args:
+    name: a registered mammography dataset ("cbis_ddsm", "inbreast", "vindr_mammo").
+    manual_dir: the release as downloaded (see the builder's
+      MANUAL_DOWNLOAD_INSTRUCTIONS).
+    data_dir: the TFDS data dir (default `records.default_data_dir()`); the
+      report is written in `<data_dir>/<name>/<config>/`.
+    config: the builder config name (default: the builder's default).
+
+  Returns:
+    (resolution, the path of the resolve_report.csv written);
+    `mammography.format_resolution` prints the first.
+
+  Raises:
+    mammography.ReleaseError: no table found, or a table lacks its columns.
+  """
+  builder_cls, builder_config, data_dir = _builder(name, data_dir, config)
+  resolution = builder_cls.resolve(os.fspath(manual_dir), builder_config)
+  report_file = os.path.join(builder_cls.report_dir(data_dir, builder_config),
+                             mammography.RESOLVE_REPORT_FILENAME)
+  mammography.write_resolve_report(report_file, resolution)
+  return resolution, report_file
+
+
 def convert_dataset(name: str, manual_dir: str, data_dir: str | None = None,
                     config: str | None = None, workers: int = 1, *,
-                    progress: bool = True, preview_images: int = 16) -> dict:
+                    progress: bool = True, preview_images: int = 16, strict: bool = False,
+                    echo: Callable[[str], None] | None = None) -> dict:
   """Converts one mammography dataset's manual download into TFDS records.
 
   Args:
@@ -45,23 +79,36 @@ def convert_dataset(name: str, manual_dir: str, data_dir: str | None = None,
     workers: decoding processes.
     progress: show a progress bar while decoding.
     preview_images: images in the preview grid (0: no preview).
+    strict: stop before decoding if any table or listed image is missing;
+      otherwise a partial download converts what is there.
+    echo: called with the resolution summary before decoding (e.g. `print`).
 
   Returns:
     The QC summary (also written to `<records dir>/qc_summary.json`).
+
+  Raises:
+    mammography.ReleaseError: nothing to convert (no table, no listed image
+      found or decodable), or, with `strict`, something missing.
   """
-  builder_cls = get_builder_class(name)
-  if not issubclass(builder_cls, mammography.MammographyBuilder):
-    raise ValueError(f"data.name: {name!r} is not a mammography dataset; sgc-convert "
-                     "converts cbis_ddsm, inbreast and vindr_mammo")
   if workers < 1:
     raise ValueError(f"workers: {workers} must be at least 1")
-  data_dir = os.fspath(data_dir or records.default_data_dir())
+  builder_cls, builder_config, data_dir = _builder(name, data_dir, config)
   manual_dir = os.fspath(manual_dir)
-  builder_config = records.builder_config(builder_cls, config)
 
   decode_seconds, decoded_now, cpu_per_image = 0.0, 0, None
   if not records.is_prepared(builder_cls, data_dir, config=builder_config.name):
-    sources, _ = builder_cls.list_sources(manual_dir, builder_config)
+    resolution, report_file = check_dataset(name, manual_dir, data_dir, builder_config.name)
+    if echo is not None:
+      echo(mammography.format_resolution(resolution, report_file))
+    missing = resolution.missing()
+    if not resolution.sources or (strict and missing):
+      why = ("none of the listed images was found" if not resolution.sources else
+             "strict, and missing: " + "; ".join(missing))
+      raise mammography.ReleaseError(
+          f"{name}/{builder_config.name} in {manual_dir}: nothing decoded, {why}; "
+          f"unresolved {mammography.describe_skipped(resolution.skipped)}\n"
+          f"Every entry: {report_file}")
+    sources = resolution.sources
     start = time.perf_counter()
     decoded, _ = decode_cache.decode_all(
         sources, builder_config.preprocess_options(),
@@ -96,10 +143,22 @@ def convert_dataset(name: str, manual_dir: str, data_dir: str | None = None,
   return summary
 
 
+def _builder(name: str, data_dir: str | None, config: str | None):
+  """(builder class, builder config, data dir) of a mammography dataset."""
+  builder_cls = get_builder_class(name)
+  if not issubclass(builder_cls, mammography.MammographyBuilder):
+    raise ValueError(f"data.name: {name!r} is not a mammography dataset; sgc-convert "
+                     "converts cbis_ddsm, inbreast and vindr_mammo")
+  data_dir = os.fspath(data_dir or records.default_data_dir())
+  return builder_cls, records.builder_config(builder_cls, config), data_dir
+
+
 def qc_summary(builder) -> dict:
   """Counts per split and class and the skipped files of finished records."""
   records_dir = os.fspath(builder.data_dir)
-  errors_file = os.path.join(records_dir, mammography.ERRORS_FILENAME)
+  errors_file = os.path.join(
+      type(builder).report_dir(builder.data_dir_root, builder.builder_config),
+      mammography.ERRORS_FILENAME)
   skipped = decode_cache.read_error_csv(errors_file)
   counts = {split: dict(by_class) for split, by_class in builder.info.metadata["counts"].items()}
   for split, by_class in counts.items():

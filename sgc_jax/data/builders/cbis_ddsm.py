@@ -14,20 +14,28 @@ Labels (method §2): BENIGN and BENIGN_WITHOUT_CALLBACK -> 0, MALIGNANT -> 1.
 Splits: the official ones, Training CSVs -> train, Test CSVs -> test.
 
 The CSV paths (`<subject>/<StudyInstanceUID>/<SeriesInstanceUID>/000000.dcm`)
-do not match what the NBIA Data Retriever writes, so they are resolved: under
-`CBIS-DDSM/` or the manual dir itself, the subject folder, then a study folder
-named by the UID ("classic" layout) or ending in the UID's last five digits
-("descriptive" layout, `07-20-2016-DDSM-74994`), then the series folder the
-same way, then the named file if present or else the folder's only DICOM. In the
-release the crop and mask columns are sometimes swapped and both files can sit
-in one series folder; the crop is the candidate whose size differs from the
-full mammogram's (the mask is full size).
+do not match what the NBIA Data Retriever writes, so they are resolved. Images
+are looked for in every `CBIS-DDSM/` folder up to two levels below the manual
+dir (the retriever writes `<destination>/manifest-<n>/CBIS-DDSM/`; several
+manifests may be downloaded into one destination) and in the manual dir itself.
+The series folder is the one the retriever's `metadata.csv` (beside
+`CBIS-DDSM/`) gives for the series UID, when there is one; else, below the
+subject folder, a study folder named by the UID ("classic" layout) or ending in
+the UID's last five digits ("descriptive" layout, `07-20-2016-DDSM-74994`), then
+the series folder the same way. In it, the named file if present or else the
+folder's only DICOM. In the release the crop and mask columns are sometimes
+swapped and both files can sit in one series folder; the crop is the candidate
+whose size differs from the full mammogram's (the mask is full size).
+
+A partial download converts what is there: a missing CSV or image is reported
+(see `mammography.Resolution`), not fatal, unless no CSV is found at all.
 """
 from __future__ import annotations
 
 import collections
 import csv
 import os
+import re
 
 import numpy as np
 
@@ -44,6 +52,12 @@ _REQUIRED_COLUMNS = ("patient_id", "left or right breast", "image view", "abnorm
 # The mass CSVs say "breast_density", the calcification CSVs "breast density".
 _DENSITY_COLUMNS = ("breast_density", "breast density")
 _LABELS = {"BENIGN": 0, "BENIGN_WITHOUT_CALLBACK": 0, "MALIGNANT": 1}
+_PATH_COLUMNS = ("image file path", "cropped image file path", "ROI mask file path")
+# Tables and image folders are looked for this many folders below the manual dir.
+_SEARCH_DEPTH = 2
+_IMAGE_FOLDER = "CBIS-DDSM"
+_RETRIEVER_METADATA = "metadata.csv"
+_SUBJECT = re.compile(r"^(Mass|Calc)-(Training|Test)_P_\d+_(LEFT|RIGHT)_(CC|MLO)(_\d+)?$")
 
 
 class CbisDdsm(mammography.MammographyBuilder):
@@ -81,40 +95,60 @@ class CbisDdsm(mammography.MammographyBuilder):
   images with the NBIA Data Retriever (either directory type), and the four
   description CSVs mass_case_description_train_set.csv,
   mass_case_description_test_set.csv, calc_case_description_train_set.csv and
-  calc_case_description_test_set.csv. Put the CSVs and the retriever's
-  `CBIS-DDSM/` folder in one directory and pass it as --manual_dir:
+  calc_case_description_test_set.csv. Save the CSVs in the retriever's
+  destination folder and pass that folder as --manual_dir:
 
     <manual_dir>/mass_case_description_train_set.csv (and the other three)
-    <manual_dir>/CBIS-DDSM/Mass-Training_P_00001_LEFT_CC/<study>/<series>/1-1.dcm
+    <manual_dir>/manifest-<n>/metadata.csv
+    <manual_dir>/manifest-<n>/CBIS-DDSM/Mass-Training_P_00001_LEFT_CC/<study>/<series>/1-1.dcm
+
+  What works: the CSVs anywhere up to two folders below --manual_dir; images
+  in any `CBIS-DDSM/` folder up to two folders below it (so several manifests
+  in one destination, or `<manual_dir>/CBIS-DDSM/` directly), or in subject
+  folders directly in --manual_dir. Passing the `manifest-<n>` or `CBIS-DDSM`
+  folder itself works when the CSVs are inside it. A partial download (some
+  CSVs, some images) converts what is there and reports the rest; run
+  `sgc-convert cbis_ddsm --manual_dir=DIR --check` first to see, in seconds,
+  what resolves.
   """
 
   @classmethod
-  def list_sources(cls, manual_dir, config):
+  def read_release(cls, manual_dir, config):
     """One Source per full image or per abnormality (ROI configs); see module doc."""
-    resolver = _Resolver(manual_dir)
-    sources, skipped = [], []
+    resolution = mammography.Resolution(manual_dir)
+    rows_by_split = {}
     for split, names in _CSV_FILES.items():
-      rows = []
+      rows_by_split[split] = []
       for name in names:
-        rows.extend(_read_csv(manual_dir, name))
-      if config.roi:
-        _roi_sources(rows, split, resolver, sources, skipped)
-      else:
-        _full_sources(rows, split, resolver, sources, skipped)
-    return sources, skipped
+        path = mammography.find_file(manual_dir, [name], max_depth=_SEARCH_DEPTH)
+        if path is None:
+          resolution.missing_tables.append(name)
+          continue
+        rows = _read_csv(path, name)
+        resolution.tables[path] = len(rows)
+        rows_by_split[split].extend(rows)
+    if not resolution.tables:
+      names = [n for split_names in _CSV_FILES.values() for n in split_names]
+      raise mammography.ReleaseError(
+          f"none of the description CSVs {names} is under {manual_dir} (searched "
+          f"{_SEARCH_DEPTH} folders deep).\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+    resolver = _Resolver(manual_dir)
+    resolution.image_roots = resolver.roots
+    for split, rows in rows_by_split.items():
+      (_roi_sources if config.roi else _full_sources)(rows, split, resolver, resolution)
+    named = {_subject(row[c]) for rows in rows_by_split.values() for row in rows
+             for c in _PATH_COLUMNS if row[c]}
+    resolution.unnamed = resolver.subject_folders_not_in(named)
+    return resolution
 
 
-def _read_csv(manual_dir: str, name: str) -> list[dict]:
-  path = mammography.find_file(manual_dir, [name], max_depth=2)
-  if path is None:
-    raise FileNotFoundError(f"{name} not found under {manual_dir}; "
-                            f"{CbisDdsm.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+def _read_csv(path: str, name: str) -> list[dict]:
   with open(path, newline="", encoding="utf-8-sig") as f:
     reader = csv.DictReader(f)
     header = [h.strip() for h in reader.fieldnames or []]
     missing = [c for c in _REQUIRED_COLUMNS if c not in header]
     if missing:
-      raise ValueError(f"{path}: missing columns {missing}; found {header}")
+      raise mammography.ReleaseError(f"{path}: missing columns {missing}; found {header}")
     rows = []
     for line, raw in enumerate(reader, start=2):
       row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
@@ -146,28 +180,29 @@ def _subject(csv_path: str) -> str:
   return csv_path.replace("\\", "/").strip("/").split("/")[0]
 
 
-def _full_sources(rows, split, resolver, sources, skipped):
+def _full_sources(rows, split, resolver, resolution):
   by_image = collections.OrderedDict()
   for row in rows:
     key = _subject(row["image file path"])
     if _label(row) is None:
-      skipped.append(decode_cache.Skipped(
+      resolution.skip(decode_cache.Skipped(
           split, key, row["_csv"], "UnknownPathologyError",
           f"{row['_csv']}: pathology {row['pathology']!r} is not one of {sorted(_LABELS)}"))
       continue
     by_image.setdefault(key, []).append(row)
   for key, image_rows in by_image.items():
     first = image_rows[0]
+    label = max(_label(r) for r in image_rows)
     try:
       path = resolver.resolve_full(first["image file path"])
     except FileNotFoundError as e:
-      skipped.append(mammography.missing_file(split, key, first["image file path"], str(e)))
+      resolution.skip(mammography.missing_file(split, key, first["image file path"], str(e)),
+                      label)
       continue
-    label = max(_label(r) for r in image_rows)
     pathologies = {r["pathology"].upper() for r in image_rows}
     worst = ("MALIGNANT" if label else
              "BENIGN" if "BENIGN" in pathologies else "BENIGN_WITHOUT_CALLBACK")
-    sources.append(decode_cache.Source(
+    resolution.add(decode_cache.Source(
         key=key, split=split, label=label, path=path, laterality=_side(first),
         metadata={
             "patient_id": first["patient_id"],
@@ -180,11 +215,11 @@ def _full_sources(rows, split, resolver, sources, skipped):
         }))
 
 
-def _roi_sources(rows, split, resolver, sources, skipped):
+def _roi_sources(rows, split, resolver, resolution):
   for row in rows:
     key = _subject(row["cropped image file path"])
     if _label(row) is None:
-      skipped.append(decode_cache.Skipped(
+      resolution.skip(decode_cache.Skipped(
           split, key, row["_csv"], "UnknownPathologyError",
           f"{row['_csv']}: pathology {row['pathology']!r} is not one of {sorted(_LABELS)}"))
       continue
@@ -192,10 +227,10 @@ def _roi_sources(rows, split, resolver, sources, skipped):
       path = resolver.resolve_crop(row["cropped image file path"], row["ROI mask file path"],
                                    row["image file path"])
     except FileNotFoundError as e:
-      skipped.append(mammography.missing_file(split, key, row["cropped image file path"],
-                                              str(e)))
+      resolution.skip(mammography.missing_file(split, key, row["cropped image file path"],
+                                               str(e)), _label(row))
       continue
-    sources.append(decode_cache.Source(
+    resolution.add(decode_cache.Source(
         key=key, split=split, label=_label(row), path=path, laterality=_side(row),
         metadata={
             "patient_id": row["patient_id"],
@@ -212,8 +247,16 @@ class _Resolver:
   """Maps the CSVs' UID paths to files of either NBIA Data Retriever layout."""
 
   def __init__(self, manual_dir: str):
-    self._roots = [os.path.join(manual_dir, "CBIS-DDSM"), manual_dir]
+    self.roots = mammography.find_all(manual_dir, [_IMAGE_FOLDER], _SEARCH_DEPTH) + [manual_dir]
     self._listings = {}
+    self._series = {}  # Series UID -> folder, from the retriever's metadata.csv files.
+    for root in self.roots[:-1]:
+      self._series.update(_retriever_series(os.path.dirname(root)))
+
+  def subject_folders_not_in(self, named: set[str]) -> list[str]:
+    """Subject folders on disk that no CSV row names."""
+    return [os.path.join(root, name) for root in self.roots for name in self._listdir(root)
+            if _SUBJECT.match(name) and name not in named]
 
   def resolve_full(self, csv_path: str) -> str:
     """The full mammogram's DICOM; FileNotFoundError says where it looked."""
@@ -263,8 +306,10 @@ class _Resolver:
     if len(parts) != 4:
       raise FileNotFoundError(f"{csv_path!r} is not <subject>/<study UID>/<series UID>/<file>")
     subject, study_uid, series_uid, filename = parts
+    if series_uid in self._series:
+      return self._series[series_uid], filename
     looked = []
-    for root in self._roots:
+    for root in self.roots:
       subject_dir = os.path.join(root, subject)
       looked.append(subject_dir)
       study = _match(self._listdir(subject_dir), study_uid)
@@ -293,6 +338,24 @@ class _Resolver:
       return sorted(e for e in os.listdir(folder) if e.lower().endswith(".dcm"))
     except OSError:
       return []
+
+
+def _retriever_series(folder: str) -> dict[str, str]:
+  """Series UID -> series folder, from the NBIA Data Retriever's metadata.csv in folder."""
+  path = os.path.join(folder, _RETRIEVER_METADATA)
+  if not os.path.isfile(path):
+    return {}
+  series = {}
+  with open(path, newline="", encoding="utf-8-sig") as f:
+    for row in csv.DictReader(f):
+      uid, location = (row.get("Series UID") or "").strip(), row.get("File Location") or ""
+      # Written as ".\CBIS-DDSM\..." on Windows and "./CBIS-DDSM/..." elsewhere.
+      location = location.strip().replace("\\", "/")
+      location = location[2:] if location.startswith("./") else location
+      series_dir = os.path.join(folder, *location.split("/"))
+      if uid and location and os.path.isdir(series_dir):
+        series[uid] = series_dir
+  return series
 
 
 def _match(names: list[str], uid: str) -> str | None:

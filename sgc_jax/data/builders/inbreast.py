@@ -10,7 +10,8 @@ in the file name.
 Labels (method §2): Bi-Rads 4 (4a/4b/4c), 5 and 6 -> malignant (1); 1-3 -> benign
 (0). There is no official split: patients (not images) go to train or test
 with a fixed seed, stratified by whether the patient has a malignant image, so
-no patient is in both and both splits have both classes.
+no patient is in both and both splits have both classes. Table rows without a
+DICOM have no patient, so they are reported without a split.
 """
 from __future__ import annotations
 
@@ -66,27 +67,33 @@ class Inbreast(mammography.MammographyBuilder):
     <manual_dir>/INbreast.csv   (or INbreast.xls / .xlsx)
     <manual_dir>/AllDICOMs/<file id>_<patient>_MG_<L|R>_<CC|ML>_ANON.dcm
 
+  The table is found up to four folders below --manual_dir, AllDICOMs/ beside
+  it (or, failing that, anywhere up to four folders below --manual_dir).
   Reading the .xls or .xlsx needs python-calamine (in the `dicom` extra); the .csv
-  needs nothing.
+  needs nothing. `sgc-convert inbreast --manual_dir=DIR --check` says in
+  seconds which table rows have their DICOM.
   """
 
   @classmethod
-  def list_sources(cls, manual_dir, config):
+  def read_release(cls, manual_dir, config):
     """One Source per DICOM that has a table row; patient-level split."""
     table_path = mammography.find_file(manual_dir, TABLES)
     if table_path is None:
-      raise FileNotFoundError(f"none of {TABLES} found under {manual_dir}; "
-                              f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      raise mammography.ReleaseError(f"none of {TABLES} found under {manual_dir}; "
+                                     f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     table = _read_table(table_path)
     dicom_dir = os.path.join(os.path.dirname(table_path), "AllDICOMs")
     if not os.path.isdir(dicom_dir):
       found = mammography.find_file(manual_dir, ["AllDICOMs"])
       if found is None:
-        raise FileNotFoundError(f"AllDICOMs/ not found under {manual_dir}; "
-                                f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+        raise mammography.ReleaseError(
+            f"{table_path} found, but no AllDICOMs/ folder under {manual_dir}; "
+            f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
       dicom_dir = found
+    resolution = mammography.Resolution(manual_dir, tables={table_path: len(table)},
+                                         image_roots=[dicom_dir])
 
-    candidates, skipped = [], []
+    candidates = []
     seen = set()
     for name in sorted(os.listdir(dicom_dir)):
       if not name.lower().endswith(".dcm"):
@@ -94,31 +101,32 @@ class Inbreast(mammography.MammographyBuilder):
       path = os.path.join(dicom_dir, name)
       match = _FILENAME.match(name)
       if match is None:
-        skipped.append(decode_cache.Skipped(
+        resolution.skip(decode_cache.Skipped(
             "", name, path, "BadFileNameError",
             f"{path}: name is not <file id>_<patient>_MG_<L|R>_<view>_ANON.dcm"))
         continue
       file_id = match["file_id"]
       row = table.get(file_id)
-      label = _label(row["Bi-Rads"]) if row else None
-      if label is None:
-        reason = ("no row in the table" if row is None else
-                  f"Bi-Rads {row['Bi-Rads']!r} is not 1..6")
-        skipped.append(decode_cache.Skipped("", file_id, path, "BadTableValueError",
-                                            f"{path}: {reason} ({table_path})"))
+      if row is None:
+        resolution.unnamed.append(path)
         continue
       seen.add(file_id)
+      label = _label(row["Bi-Rads"])
+      if label is None:
+        resolution.skip(decode_cache.Skipped(
+            "", file_id, path, "BadTableValueError",
+            f"{path}: Bi-Rads {row['Bi-Rads']!r} is not 1..6 ({table_path})"))
+        continue
       candidates.append((match, row, label, path))
     for file_id, row in table.items():
-      if file_id not in seen and not any(s.key == file_id for s in skipped):
-        skipped.append(mammography.missing_file(
+      if file_id not in seen:
+        resolution.skip(mammography.missing_file(
             "", file_id, os.path.join(dicom_dir, f"{file_id}_*_ANON.dcm"),
-            f"listed in {os.path.basename(table_path)}"))
+            f"listed in {os.path.basename(table_path)}"), _label(row["Bi-Rads"]))
 
     test_patients = _test_patients({(m["patient"], label) for m, _, label, _ in candidates})
-    sources = []
     for match, row, label, path in candidates:
-      sources.append(decode_cache.Source(
+      resolution.add(decode_cache.Source(
           key=match["file_id"], split="test" if match["patient"] in test_patients else "train",
           label=label, path=path,
           laterality=(row.get("Laterality") or match["side"]).upper(),
@@ -130,7 +138,7 @@ class Inbreast(mammography.MammographyBuilder):
               "acr": row.get("ACR", ""),
               "acquisition_date": row.get("Acquisition date", ""),
           }))
-    return sources, skipped
+    return resolution
 
 
 def _cell_text(value) -> str:
@@ -164,7 +172,8 @@ def _read_table(path: str) -> dict[str, dict]:
     row = {str(k).strip(): _cell_text(v) for k, v in raw.items() if k is not None}
     missing = [c for c in _REQUIRED_COLUMNS if c not in row]
     if missing:
-      raise ValueError(f"{path}: missing columns {missing}; found {sorted(row)}")
+      raise mammography.ReleaseError(
+          f"{path}: missing columns {missing}; found {sorted(row)}")
     file_id = row["File Name"].split(".")[0]  # Spreadsheets may give "22678622.0".
     if file_id:  # The release ends with blank rows.
       rows[file_id] = row

@@ -60,39 +60,48 @@ class VindrMammo(mammography.MammographyBuilder):
 
     <manual_dir>/breast-level_annotations.csv
     <manual_dir>/images/<study_id>/<image_id>.dicom
+
+  The table is found up to four folders below --manual_dir; images/ must sit
+  beside it. A partial download converts the images that are there and
+  reports the rest; `sgc-convert vindr_mammo --manual_dir=DIR --check` says in
+  seconds which rows have their image.
   """
 
   @classmethod
-  def list_sources(cls, manual_dir, config):
+  def read_release(cls, manual_dir, config):
     """One Source per row of breast-level_annotations.csv."""
     table = mammography.find_file(manual_dir, [ANNOTATIONS])
     if table is None:
-      raise FileNotFoundError(f"{ANNOTATIONS} not found under {manual_dir}; "
-                              f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
+      raise mammography.ReleaseError(f"{ANNOTATIONS} not found under {manual_dir}; "
+                                     f"{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
     images_dir = os.path.join(os.path.dirname(table), "images")
-    sources, skipped = [], []
+    resolution = mammography.Resolution(manual_dir, image_roots=[images_dir])
+    named = set()
+    rows = 0
     with open(table, newline="", encoding="utf-8-sig") as f:
       reader = csv.DictReader(f)
       header = [h.strip() for h in reader.fieldnames or []]
       missing = [c for c in _REQUIRED_COLUMNS if c not in header]
       if missing:
-        raise ValueError(f"{table}: missing columns {missing}; found {header}")
+        raise mammography.ReleaseError(f"{table}: missing columns {missing}; found {header}")
       for line, raw in enumerate(reader, start=2):
+        rows += 1
         row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
         key, where = row["image_id"], f"{ANNOTATIONS}:{line}"
         split = _SPLITS.get(row["split"].lower())
         birads = _birads(row["breast_birads"])
+        path = os.path.join(images_dir, row["study_id"], f"{row['image_id']}.dicom")
+        named.add(path)
         if split is None or birads is None:
           field = "split" if split is None else "breast_birads"
-          skipped.append(decode_cache.Skipped(
+          resolution.skip(decode_cache.Skipped(
               row["split"], key, where, "BadTableValueError",
               f"{where}: {field} {row[field]!r} is not understood"))
           continue
-        path = os.path.join(images_dir, row["study_id"], f"{row['image_id']}.dicom")
         if not os.path.isfile(path):
-          skipped.append(mammography.missing_file(split, key, path, where))
+          resolution.skip(mammography.missing_file(split, key, path, where), int(birads >= 4))
           continue
-        sources.append(decode_cache.Source(
+        resolution.add(decode_cache.Source(
             key=key, split=split, label=int(birads >= 4), path=path,
             laterality=row["laterality"].upper(),
             metadata={
@@ -103,7 +112,18 @@ class VindrMammo(mammography.MammographyBuilder):
                 "birads": birads,
                 "breast_density": row["breast_density"],
             }))
-    return sources, skipped
+    resolution.tables[table] = rows
+    resolution.unnamed = [path for path in _image_files(images_dir) if path not in named]
+    return resolution
+
+
+def _image_files(images_dir: str) -> list[str]:
+  """Every .dicom file in images/<study>/, sorted."""
+  found = []
+  for folder, _, files in sorted(os.walk(images_dir)):
+    found += [os.path.join(folder, name) for name in sorted(files)
+              if name.lower().endswith(".dicom")]
+  return found
 
 
 def _birads(text: str):
