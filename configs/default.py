@@ -77,7 +77,8 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.divergence = "hutchinson"
   evaluation.probe = "rademacher"
   evaluation.num_probes = 1
-  evaluation.num_time_samples = 64    # denoising estimator only
+  evaluation.num_time_samples = 64    # denoising estimator (and the flow diagnostics' bound)
+  evaluation.flow_diagnostics = True  # ODE runs also score the bound and compare (metrics.json)
   evaluation.prior = "uniform"        # "uniform" | "empirical"
   evaluation.calibrate = True
   evaluation.max_examples = 0         # 0 = the whole split

@@ -23,8 +23,8 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from sgc_jax import (classifier, estimators, inputs, likelihood, metrics, models, plots, sampling,
-                     sharding, train_state)
+from sgc_jax import (classifier, estimators, flow_diagnostics, inputs, likelihood, metrics, models,
+                     plots, sampling, sharding, train_state)
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader, records
@@ -170,6 +170,9 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
                                        val_scored["label"][ok], log_prior)
 
   report = summarize(config, scored, calibration, builder)
+  if ev.estimator == "ode" and ev.flow_diagnostics:
+    report["flow_diagnostics"] = _flow_diagnostics(config, score_fn, sde, mesh, eval_source,
+                                                   scored, key)
   if val_scored is not None:
     report["validation_images"] = int(len(val_scored["label"]))
   suffix = "" if ev.estimator == "ode" else f"_{ev.estimator}"
@@ -178,6 +181,18 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
     write_outputs(out_dir, config, scored, calibration, report, score_fn, sde,
                   image_shape=inputs.image_shape(config, builder))
   return report
+
+
+def _flow_diagnostics(config, score_fn, sde, mesh, source, scored, key) -> dict:
+  """Scores the same images with the denoising bound; compares it with the ODE (see
+  `sgc_jax.flow_diagnostics`)."""
+  bound_config = config.copy_and_resolve_references()
+  bound_config.eval.estimator = "denoising"
+  bound_scorer = make_class_scorer(bound_config, score_fn, sde, config.data.num_classes, mesh)
+  bound = score_source(bound_config, bound_scorer, source, mesh=mesh, key=key,
+                       desc="bound for flow diagnostics", max_examples=config.eval.max_examples)
+  return flow_diagnostics.flow_diagnostics(scored["log_likelihood"], bound["log_likelihood"],
+                                           scored["label"])
 
 
 def summarize(config, scored, calibration, builder) -> dict:
