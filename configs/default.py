@@ -24,6 +24,8 @@ def get_config() -> ml_collections.ConfigDict:
   data.num_channels = 1           # stored grey channel replicated to this many (seed: 3)
   data.random_flip = (False, False)  # (horizontal, vertical) flips in training
   data.validation_fraction = 0.1  # of train, held out to fit the calibration temperature
+  data.train_per_class = ()       # at most this many training images per class (low-data studies)
+  data.subset_seed = 0            # which images those caps keep
 
   config.sde = sde = ml_collections.ConfigDict()
   sde.name = "vp"

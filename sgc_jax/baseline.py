@@ -62,8 +62,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
   config = validate_config(config, builder)
   bl = config.baseline
   num_classes = config.data.num_classes
-  train_source, val_source = reader.train_validation_sources(
-      builder, config.data.validation_fraction, seed=config.seed)
+  train_source, val_source = reader.training_sources(builder, config.data, seed=config.seed)
   batch_size = -(-bl.batch_size // mesh.size) * mesh.size
   dataset = reader.train_dataset(train_source, batch_size=sharding.local_batch_size(batch_size, mesh),
                                  seed=config.seed, shard_index=jax.process_index(),

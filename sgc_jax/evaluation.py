@@ -153,8 +153,7 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   key = jax.random.PRNGKey(config.seed + 1)
 
   eval_source = records.data_source(builder, ev.split)
-  train_source, val_source = reader.train_validation_sources(
-      builder, config.data.validation_fraction, seed=config.seed)
+  train_source, val_source = reader.training_sources(builder, config.data, seed=config.seed)
   log_prior = classifier.log_prior(ev.prior, num_classes,
                                    train_labels=reader.labels_of(train_source)
                                    if ev.prior == "empirical" else None)

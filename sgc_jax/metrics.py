@@ -139,6 +139,9 @@ def classification_metrics(labels, probs, num_classes: int, *,
       "balanced_accuracy": float(np.nanmean(recall)),
       "nll": float(-np.mean(true_log_prob)),
       "ece": expected_calibration_error(probs, labels),
+      # Sensitivity of every class (NaN where a class has no examples): what a
+      # balanced accuracy averages, and what class imbalance hurts first.
+      "per_class_sensitivity": [float(r) for r in recall],
   }
   if num_classes == 2:
     result["auc"] = _roc_auc(labels == 1, scores[:, 1])

@@ -121,3 +121,24 @@ def train_validation_sources(builder, validation_fraction: float, *, seed: int):
   train_idx, val_idx = train_test_split(np.arange(len(source)), test_size=validation_fraction,
                                         random_state=seed, stratify=labels)
   return SubsetSource(source, np.sort(train_idx)), SubsetSource(source, np.sort(val_idx))
+
+
+def training_sources(builder, data_config, *, seed: int):
+  """(train, validation) sources as `data_config` asks: `train_validation_sources`,
+  then at most `data_config.train_per_class[c]` training images of class c.
+
+  The caps (for low-data and class-imbalance studies) take a random subset of
+  each class, fixed by `data_config.subset_seed`; the validation part is left
+  whole. An empty `train_per_class` keeps every image.
+  """
+  train, validation = train_validation_sources(builder, data_config.validation_fraction, seed=seed)
+  caps = tuple(data_config.get("train_per_class", ()))
+  if not caps:
+    return train, validation
+  labels = labels_of(train)
+  if len(caps) != int(labels.max()) + 1:
+    raise ValueError(f"data.train_per_class: {len(caps)} caps for {int(labels.max()) + 1} "
+                     "classes; give one per class")
+  rng = np.random.default_rng(data_config.get("subset_seed", 0))
+  keep = [rng.permutation(np.flatnonzero(labels == c))[:cap] for c, cap in enumerate(caps)]
+  return SubsetSource(train, np.sort(np.concatenate(keep))), validation
