@@ -9,6 +9,10 @@ def tiny_config(data_dir: str, *, model: str = "mlp", steps: int = 20):
   config.model.mlp.hidden = 32
   config.model.mlp.depth = 1
   config.model.unet.channels = (8, 16)
+  # A 20-step network classifies at chance; the class-Gaussian skip makes the
+  # tiny end-to-end runs classify well above it, so label misalignments show.
+  # (tests/test_recipe.py trains the plain network of the digits recipe.)
+  config.model.class_gaussian = "full"
   config.training.batch_size = 16
   config.training.num_steps = steps
   config.training.warmup_steps = 0
