@@ -1,0 +1,67 @@
+"""The digits builder's sizes: the 8x8 records as released, the same images upsampled to 16x16."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from sgc_jax.data import records
+from sgc_jax.data.builders import digits
+
+
+def _read(builder, split):
+  source = records.data_source(builder, split)
+  rows = sorted((source[i] for i in range(len(source))), key=lambda r: int(r["id"]))
+  return {k: np.stack([np.asarray(r[k]) for r in rows]) for k in ("image", "label", "id")}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  return {name: {split: _read(records.prepare(digits.Digits, data_dir, config=name), split)
+                 for split in ("train", "test")}
+          for name in (None, "16x16")}
+
+
+def test_default_config_keeps_the_released_8x8_records(built):
+  released = load_digits()
+  for split, n in (("train", 1437), ("test", 360)):
+    got = built[None][split]
+    assert got["image"].shape == (n, 8, 8, 1) and got["image"].dtype == np.uint8
+    # The records as they were before the sizes existed: 0..16 rescaled to 8 bits.
+    expected = np.round(released.images[got["id"]] * (255.0 / 16.0)).astype(np.uint8)
+    np.testing.assert_array_equal(got["image"][..., 0], expected)
+    np.testing.assert_array_equal(got["label"], released.target[got["id"]])
+
+
+def test_16x16_holds_the_same_images_ids_and_labels_upsampled(built):
+  released = load_digits()
+  for split in ("train", "test"):
+    small, big = built[None][split], built["16x16"][split]
+    assert big["image"].shape == (len(small["id"]), 16, 16, 1)
+    np.testing.assert_array_equal(big["id"], small["id"])
+    np.testing.assert_array_equal(big["label"], small["label"])
+    # Against an independent bilinear resize (JAX's): equal up to the rounding.
+    resized = jax.vmap(lambda im: jax.image.resize(im, (16, 16), "bilinear"))(
+        jnp.asarray(released.images[big["id"]]))
+    expected = np.asarray(resized, np.float64) * (255.0 / 16.0)
+    assert np.abs(big["image"][..., 0] - expected).max() <= 0.5 + 1e-3
+  # Upsampling keeps the ink: the mean grey level of each image is nearly unchanged.
+  test = built["16x16"]["test"]
+  np.testing.assert_allclose(test["image"].mean(axis=(1, 2, 3)),
+                             built[None]["test"]["image"].mean(axis=(1, 2, 3)), atol=3.0)
+
+
+def test_bilinear_matrix_rows_are_interpolation_weights():
+  np.testing.assert_array_equal(digits.bilinear_matrix(8, 8), np.eye(8))
+  up = digits.bilinear_matrix(8, 16)
+  np.testing.assert_allclose(up.sum(axis=1), 1.0)
+  # A linear ramp stays linear inside (half-pixel centres), clamped at the edges.
+  ramp = up @ np.arange(8.0)
+  np.testing.assert_allclose(ramp[1:-1], (np.arange(1, 15) + 0.5) / 2 - 0.5)
+  assert ramp[0] == 0.0 and ramp[-1] == 7.0
+
+
+def test_unknown_size_is_named():
+  with pytest.raises(ValueError, match="digits has no config '12x12'"):
+    records.builder_config(digits.Digits, "12x12")
