@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
-from sgc_jax import checkpointing, evaluation, losses, models, sharding
+from sgc_jax import api, checkpointing, evaluation, losses, models, sharding
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
@@ -127,6 +127,9 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
   mesh = mesh or sharding.make_mesh()
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
+  if jax.process_index() == 0:
+    # What `sgc_jax.load` and `sgc-score` read back to rebuild the model.
+    api.write_config(config, workdir)
   training = config.training
   train_source, _ = reader.train_validation_sources(builder, config.data.validation_fraction,
                                                     seed=config.seed)

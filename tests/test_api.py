@@ -1,0 +1,68 @@
+"""`sgc_jax.load`: a trained workdir restored from its saved config scores like `sgc-evaluate`."""
+import csv
+import os
+
+import numpy as np
+import pytest
+
+import sgc_jax
+from sgc_jax import api, evaluation, trainer
+from sgc_jax.data import reader, records
+from tiny import tiny_config
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  workdir = str(tmp_path_factory.mktemp("run"))
+  config = tiny_config(data_dir, steps=10)
+  config.eval.num_samples = 0
+  config.eval.calibrate = False
+  config.eval.max_examples = config.eval.batch_size = 4
+  trainer.train(config, workdir)
+  return config, workdir
+
+
+@pytest.fixture(scope="module")
+def loaded(trained):
+  return sgc_jax.load(trained[1])               # config read back from config.json
+
+
+def test_trainer_saves_the_config_it_ran_with(trained):
+  config, workdir = trained
+  saved = api.read_config(workdir)
+  assert saved.model.mlp.hidden == config.model.mlp.hidden == 32
+  assert saved.training.num_steps == 10
+  assert saved.data.num_classes == 10          # the validated config, dataset facts included
+  assert tuple(saved.data.range) == tuple(config.data.range)
+
+
+def test_load_gives_the_evaluation_tables_log_likelihoods(trained, loaded):
+  config, workdir = trained
+  evaluation.evaluate(config, workdir)
+  with open(os.path.join(workdir, "eval_test", "predictions.csv"), encoding="utf-8") as f:
+    rows = list(csv.DictReader(f))
+  expected = np.asarray([[float(r[f"log_likelihood_{c}"]) for c in range(10)] for r in rows])
+
+  assert loaded.step == 10 and loaded.num_classes == 10
+  source = records.data_source(reader.load_builder(loaded.config.data), "test")
+  images = np.stack([source[i]["image"] for i in range(len(rows))])
+  ids = np.asarray([source[i]["id"] for i in range(len(rows))])
+  assert [int(r["id"]) for r in rows] == ids.tolist()
+  result = loaded.log_likelihoods(images, ids=ids)
+  assert result.log_likelihood.shape == (4, 10) and result.success.all()
+  # predictions.csv rounds to 4 decimals.
+  np.testing.assert_allclose(result.log_likelihood, expected, atol=6e-5, rtol=0)
+  # The image ids key dequantization and probes: other ids give other numbers.
+  other = loaded.log_likelihoods(images, ids=ids + 1000)
+  assert not np.allclose(other.log_likelihood, expected, atol=1e-3)
+
+
+def test_load_score_fn_and_errors(loaded, tmp_path):
+  x = np.zeros((2, 8, 8, 1), np.float32)
+  score = loaded.score_fn(x, np.full((2,), 0.5, np.float32), np.array([0, 1], np.int32))
+  assert score.shape == (2, 8, 8, 1) and np.isfinite(np.asarray(score)).all()
+  with pytest.raises(ValueError, match=r"images: expected integer records \[B, 8, 8, 1\]"):
+    loaded.log_likelihoods(np.zeros((2, 9, 9, 1), np.uint8))
+  with pytest.raises(FileNotFoundError, match="no config.json in"):
+    sgc_jax.load(str(tmp_path))
