@@ -23,8 +23,8 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from sgc_jax import (classifier, estimators, flow_diagnostics, inputs, likelihood, metrics, models,
-                     plots, sampling, sharding, train_state)
+from sgc_jax import (checkpointing, classifier, estimators, flow_diagnostics, inputs, likelihood,
+                     metrics, model_calibration, models, plots, sampling, sharding, train_state)
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader, records
@@ -179,6 +179,13 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   if jax.process_index() == 0:
     write_outputs(out_dir, config, scored, calibration, report, score_fn, sde,
                   image_shape=inputs.image_shape(config, builder))
+    # Temperature, prior and OOD threshold for sgc-score, next to the checkpoint.
+    val_ll = (None if val_scored is None else
+              val_scored["log_likelihood"][val_scored["success"].all(axis=1)])
+    model_calibration.save(workdir, model_calibration.fit(
+        calibration, val_ll, math.prod(inputs.image_shape(config, builder)), config.data,
+        estimator=ev.estimator,
+        step=checkpointing.latest_step(checkpointing.make_manager(workdir))))
   return report
 
 
