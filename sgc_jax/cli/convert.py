@@ -23,6 +23,7 @@ from absl import app, flags
 
 from sgc_jax.cli import common
 
+_DATASETS = ("cbis_ddsm", "inbreast", "vindr_mammo")
 _MANUAL_DIR = flags.DEFINE_string("manual_dir", None,
                                   "The release as downloaded (see the dataset's instructions).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None,
@@ -41,13 +42,13 @@ _STRICT = flags.DEFINE_bool("strict", False,
 
 
 def main(argv):
-  """Converts (or --check's) the dataset named on the command line and prints the summary."""
+  """Converts the dataset named on the command line, or with --check only resolves it."""
   from sgc_jax.data import convert  # pylint: disable=g-import-not-at-top
   from sgc_jax.data.builders import mammography  # pylint: disable=g-import-not-at-top
-  if len(argv) != 2:
+  if len(argv) != 2 or argv[1] not in _DATASETS:
     raise app.UsageError("usage: sgc-convert DATASET --manual_dir=DIR [--data_dir=DIR] "
                          "[--config=NAME] [--workers=N] [--check] [--strict]; DATASET is one "
-                         "of cbis_ddsm, inbreast, vindr_mammo")
+                         f"of {', '.join(_DATASETS)}")
   if not _MANUAL_DIR.value:
     raise app.UsageError("--manual_dir is required: the folder holding the downloaded release")
   try:
