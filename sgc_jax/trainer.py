@@ -131,8 +131,7 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
     # What `sgc_jax.load` and `sgc-score` read back to rebuild the model.
     api.write_config(config, workdir)
   training = config.training
-  train_source, _ = reader.train_validation_sources(builder, config.data.validation_fraction,
-                                                    seed=config.seed)
+  train_source, _ = reader.training_sources(builder, config.data, seed=config.seed)
   local_batch = sharding.local_batch_size(training.batch_size, mesh)
   dataset = reader.train_dataset(train_source, batch_size=local_batch, seed=config.seed,
                                  shard_index=jax.process_index(),
