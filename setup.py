@@ -44,6 +44,9 @@ setuptools.setup(
             "python-calamine>=0.2,<1",  # INbreast's Excel 97 .xls (and .xlsx) table
             "pandas>=2.0,<4",
         ],
+        # Reads the seed's PyTorch checkpoints (sgc-import-seed); the seed-equality
+        # tests and the throughput comparison run against it. A CPU build is enough.
+        "torch": ["torch>=2.1"],
         "test": [
             "pytest>=8,<10",
             "pydicom-data>=1.0,<2",
@@ -64,6 +67,7 @@ setuptools.setup(
             "sgc-evaluate=sgc_jax.cli.evaluate:run",
             "sgc-demo=sgc_jax.cli.demo:run",
             "sgc-convert=sgc_jax.cli.convert:run",
+            "sgc-import-seed=sgc_jax.cli.import_seed:run",
         ],
     },
 )

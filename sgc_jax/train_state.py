@@ -58,7 +58,13 @@ def make_optimizer(training, steps_per_epoch: int):
 
 def create_train_state(config, model, tx, key, shape) -> TrainState:
   """A fresh state for `model` on images of `shape` (H, W, C)."""
-  variables = models.init_variables(model, key, shape, config.data.num_classes)
+  return state_from_variables(
+      config, tx, models.init_variables(model, key, shape, config.data.num_classes))
+
+
+def state_from_variables(config, tx, variables: dict) -> TrainState:
+  """A step-0 state holding `variables` (initialised or imported), with a fresh optimizer."""
+  variables = dict(variables)
   params = variables.pop("params")
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params, model_state=variables,
