@@ -1,0 +1,67 @@
+"""The fast convolutions of sgc_jax.models.layers compute what Flax's layers compute.
+
+`layers.ConvTranspose` (one einsum) against `nn.ConvTranspose`, and
+`layers.Conv` (im2col on maps smaller than the kernel) against `nn.Conv`: the
+same parameters give the same outputs and the same gradients with respect to
+the input and every parameter.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from sgc_jax.models import layers
+
+
+def _random_like(tree, seed):
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda a: jnp.asarray(rng.normal(size=a.shape), jnp.float32), tree)
+
+
+def _assert_same_function(ours, reference, x):
+  """Equal parameter trees, outputs and gradients (of a random projection of the output)."""
+  # eval_shape: no compiled random init per shape.
+  abstract = jax.eval_shape(reference.init, jax.random.key(0), x)
+  assert jax.eval_shape(ours.init, jax.random.key(0), x) == abstract
+  variables = _random_like(abstract, seed=1)
+  cotangent = _random_like(jax.eval_shape(reference.apply, variables, x), seed=2)
+
+  @jax.jit
+  def outputs_and_grads(variables, x):
+    def loss(module, v, x):
+      out = module.apply(v, x)
+      return jnp.sum(out * cotangent), out
+    grad = jax.grad(loss, argnums=(1, 2), has_aux=True)
+    return grad(ours, variables, x), grad(reference, variables, x)
+
+  ours_result, expected = outputs_and_grads(variables, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               ours_result, expected)
+
+
+@pytest.mark.parametrize("shape,factor", [((2, 3, 5, 4), 2), ((1, 1, 1, 6), 3)])
+def test_einsum_conv_transpose_equals_flax(shape, factor):
+  x = _random_like(jnp.zeros(shape), seed=0)
+  _assert_same_function(
+      layers.ConvTranspose(5, factor),
+      nn.ConvTranspose(5, (factor, factor), strides=(factor, factor), padding="VALID"), x)
+
+
+@pytest.mark.parametrize("shape,use_bias", [((2, 2, 2, 4), True), ((2, 1, 3, 4), False),
+                                            ((2, 5, 4, 3), True)])
+def test_conv_equals_flax_on_small_and_large_maps(shape, use_bias):
+  # 2x2 and 1x3 maps take the im2col path, 5x4 the convolution.
+  x = _random_like(jnp.zeros(shape), seed=0)
+  _assert_same_function(layers.Conv(6, 3, use_bias=use_bias),
+                        nn.Conv(6, (3, 3), padding=1, use_bias=use_bias), x)
+
+
+def test_conv_1x1_equals_flax():
+  x = _random_like(jnp.zeros((2, 3, 3, 4)), seed=0)
+  _assert_same_function(layers.Conv(2, 1), nn.Conv(2, (1, 1)), x)
+
+
+def test_conv_rejects_an_even_kernel():
+  with pytest.raises(ValueError, match="kernel_size: must be odd"):
+    layers.Conv(2, 2).init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
