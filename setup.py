@@ -32,6 +32,7 @@ setuptools.setup(
         "scikit-image>=0.22,<1",
         "importlib-resources>=6",
         "scipy>=1.11",  # the reference (seed) likelihood path integrates with RK45
+        "pyarrow>=15",  # sgc-score's Parquet tables
     ],
     extras_require={
         # Decoders that real mammography archives need (JPEG 2000, JPEG-LS,
@@ -67,6 +68,7 @@ setuptools.setup(
             "sgc-evaluate=sgc_jax.cli.evaluate:run",
             "sgc-demo=sgc_jax.cli.demo:run",
             "sgc-convert=sgc_jax.cli.convert:run",
+            "sgc-score=sgc_jax.cli.score:run",
             "sgc-import-seed=sgc_jax.cli.import_seed:run",
         ],
     },

@@ -62,6 +62,7 @@ class TrainedModel:
   sde: Any
   score_fn: Callable                 # score_fn(x [B,H,W,C], t [B], y [B]) -> score
   step: int                          # the checkpoint's training step
+  workdir: str
   builder: Any                       # the TFDS builder the model was trained on
   mesh: Any                          # the local devices the scorer shards over
   scorer: Callable                   # evaluation.make_class_scorer's scorer(x, ids, key)
@@ -124,7 +125,7 @@ def load(workdir: str, config=None, *, mesh=None) -> TrainedModel:
   score_fn = models.make_score_fn(model, variables, sde.marginal_std)
   scorer = evaluation.make_class_scorer(config, score_fn, sde, config.data.num_classes, mesh)
   return TrainedModel(config=config, model=model, variables=variables, sde=sde,
-                      score_fn=score_fn, step=int(step), builder=builder, mesh=mesh,
-                      scorer=scorer,
+                      score_fn=score_fn, step=int(step), workdir=workdir, builder=builder,
+                      mesh=mesh, scorer=scorer,
                       prepare=jax.jit(functools.partial(evaluation.per_image_inputs,
                                                         config=config)))

