@@ -22,6 +22,7 @@ def tiny_config(data_dir: str, *, model: str = "mlp", steps: int = 20):
   config.eval.max_examples = 8
   config.eval.rtol = config.eval.atol = 1e-2
   config.eval.divergence = "hutchinson"
+  config.eval.num_probes = 1
   config.eval.num_samples = 1
   config.baseline.num_steps = 150
   config.baseline.learning_rate = 3e-3
