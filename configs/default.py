@@ -85,7 +85,12 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.calibrate = True
   evaluation.max_examples = 0         # 0 = the whole split
   evaluation.num_samples = 4          # per class, for the sample grid (0 disables)
-  evaluation.sampler = "ode"          # "ode" | "euler_maruyama" | "pc"
+  evaluation.sampler = "ode"          # grid: sampling.METHODS ("ode", "euler_maruyama", "pc", ...)
+  evaluation.sampler_steps = 100      # reverse-SDE steps (grid and sample quality)
+  # With the grid, the baseline CNN classifies this many samples per class from
+  # each sampler: metrics.json's sample_quality_<sampler> (() disables).
+  evaluation.sample_quality_samplers = ("ode", "euler_maruyama")
+  evaluation.sample_quality_per_class = 32
 
   config.baseline = baseline = ml_collections.ConfigDict()
   baseline.width = 32

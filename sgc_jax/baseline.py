@@ -13,6 +13,7 @@ import os
 import time
 
 import flax.linen as nn
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -118,4 +119,34 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
     os.makedirs(os.path.join(workdir, "baseline"), exist_ok=True)
     with open(os.path.join(workdir, "baseline", "metrics.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
+    # The trained CNN classifies the generative model's samples (`sample_quality`).
+    with open(_params_path(workdir), "wb") as f:
+      f.write(flax.serialization.to_bytes(jax.device_get(params)))
   return report
+
+
+def _params_path(workdir: str) -> str:
+  return os.path.join(workdir, "baseline", "params.msgpack")
+
+
+def load_logits_fn(config, workdir: str, image_shape):
+  """The CNN that `train_and_evaluate` saved in `workdir`, as logits_fn(x [B, *image_shape]).
+
+  Inputs are model inputs (`inputs.model_inputs`: in `data.range`, configured
+  channels). Returns None when no baseline has been trained there.
+  """
+  path = _params_path(workdir)
+  if not os.path.exists(path):
+    return None
+  model = SmallCNN(num_classes=config.data.num_classes, width=config.baseline.width)
+  template = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, *image_shape)))
+  try:
+    with open(path, "rb") as f:
+      params = flax.serialization.from_bytes(template["params"], f.read())
+    if not jax.tree.all(jax.tree.map(lambda t, p: t.shape == np.shape(p), template["params"],
+                                     params)):
+      raise ValueError("parameter shapes differ")
+  except (ValueError, KeyError) as e:
+    raise ValueError(f"{path}: not a baseline CNN of width {config.baseline.width} for "
+                     f"{config.data.num_classes} classes ({e})") from None
+  return jax.jit(lambda x: model.apply({"params": params}, x))

@@ -8,11 +8,11 @@ from sgc_jax import sde as sde_lib
 from sgc_jax import solvers
 from sgc_jax.likelihood import DIVERGENCES, PROBES
 from sgc_jax.models import class_gaussian
+from sgc_jax.sampling import METHODS as SAMPLERS
 
 LR_SCHEDULES = ("constant", "step", "cosine")
 ESTIMATORS = ("ode", "denoising")
 PRIORS = ("uniform", "empirical")
-SAMPLERS = ("ode", "euler_maruyama", "pc")
 _BIT_DEPTHS = {np.dtype(np.uint8): (8,), np.dtype(np.uint16): (10, 12, 14, 16)}
 
 
@@ -70,6 +70,10 @@ def validate_config(config, builder=None):
   _one_of(evaluation.probe, PROBES, "eval.probe")
   _one_of(evaluation.prior, PRIORS, "eval.prior")
   _one_of(evaluation.sampler, SAMPLERS, "eval.sampler")
+  for sampler in evaluation.sample_quality_samplers:
+    _one_of(sampler, SAMPLERS, "eval.sample_quality_samplers")
+  _require(evaluation.sampler_steps >= 2, "eval.sampler_steps",
+           "must be >= 2 (the last reverse-SDE step is the denoising step)")
   _require(evaluation.batch_size >= 1, "eval.batch_size", "must be >= 1")
   _require(evaluation.num_probes >= 1, "eval.num_probes", "must be >= 1")
 

@@ -25,6 +25,7 @@ from jax.sharding import PartitionSpec as P
 
 from sgc_jax import (checkpointing, classifier, estimators, flow_diagnostics, inputs, likelihood,
                      metrics, model_calibration, models, plots, sampling, sharding, train_state)
+from sgc_jax import sample_quality
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader, records
@@ -176,6 +177,10 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
     report["validation_images"] = int(len(val_scored["label"]))
   suffix = "" if ev.estimator == "ode" else f"_{ev.estimator}"
   out_dir = os.path.join(workdir, f"eval_{ev.split}{suffix}")
+  if ev.num_samples:
+    # How recognisable the samples are, beside the sample grid (every process, same result).
+    report.update(sample_quality.evaluate(config, workdir, score_fn, sde,
+                                          inputs.image_shape(config, builder), out_dir=out_dir))
   if jax.process_index() == 0:
     write_outputs(out_dir, config, scored, calibration, report, score_fn, sde,
                   image_shape=inputs.image_shape(config, builder))
@@ -265,7 +270,8 @@ def write_outputs(out_dir, config, scored, calibration, report, score_fn, sde, *
   if ev.num_samples:
     sample_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ev.num_samples)
     images = sampling.sample(score_fn, sde, sample_labels, image_shape,
-                             key=jax.random.PRNGKey(config.seed + 2), method=ev.sampler)
+                             key=jax.random.PRNGKey(config.seed + 2), method=ev.sampler,
+                             num_steps=ev.sampler_steps).images
     lo, hi = config.data.range
     images = np.clip((np.asarray(images) - lo) / (hi - lo), 0.0, 1.0)
     plots.image_grid(images, os.path.join(out_dir, "samples.png"),

@@ -1,18 +1,27 @@
-"""Class-conditional samplers for visual checks of a trained score model.
+"""Class-conditional samplers: the reverse-time SDE and the probability-flow ODE in Diffrax.
 
-Three ways of running the SDE backwards from the prior at T to a small eps
-(Song et al., 2021):
-  * "euler_maruyama": the reverse-time SDE dx = [f - g^2 s] dt + g dw, fixed steps;
-  * "pc": predictor-corrector, one Langevin corrector step (score_sde's
-    signal-to-noise step rule) before each Euler-Maruyama predictor step;
+Every sampler runs the SDE backwards from the prior at T to a small eps
+(Song et al., 2021), one Diffrax solve per sample under `vmap`:
   * "ode": the probability-flow ODE dx/dt = f - 1/2 g^2 s, adaptive Tsit5 with a
-    PID controller (`sgc_jax.solvers`); deterministic given the prior draw.
+    PID controller; deterministic given the prior draw;
+  * "euler_maruyama", "heun", "sra1", "shark": the reverse-time SDE
+    dx = [f - g^2 s] dt + g dw with that Diffrax solver (`solvers.SDE_SOLVERS`),
+    fixed steps or, except for Euler–Maruyama, adaptive;
+  * "pc": predictor-corrector, one Langevin corrector step (score_sde's
+    signal-to-noise rule) before each Euler–Maruyama step.
+
+The SDE samplers integrate in forward time tau = T - t over a
+`VirtualBrownianTree` on [0, T - eps], so the Brownian path is a function of the
+sample's own key: a sample is the same alone or in a batch, with any step
+count, and two step counts can be compared path by path. Their last step, from
+eps + dt to eps with dt = (T - eps) / num_steps, is noise-free (score_sde's
+denoising step): its noise would add variance g(eps)^2 dt that no later step
+removes.
 """
 from __future__ import annotations
 
 import functools
-import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -21,97 +30,123 @@ from jax.tree_util import Partial
 from sgc_jax import sde as sde_lib
 from sgc_jax import solvers
 
-METHODS = ("ode", "euler_maruyama", "pc")
+SDE_METHODS = tuple(solvers.SDE_SOLVERS)
+METHODS = ("ode",) + SDE_METHODS + ("pc",)
 _ODE_SOLVER = "tsit5"
-# Per-image step budget of the ODE; a solve that exceeds it returns NaNs.
-_ODE_MAX_STEPS = 4096
 
 
-def _mean_norm(v):
-  return jnp.mean(jnp.sqrt(jnp.sum(v.reshape(v.shape[0], -1) ** 2, axis=1)))
+class Samples(NamedTuple):
+  images: jax.Array              # [B, *image_shape] at time eps; NaN where a solve failed
+  num_function_evals: jax.Array  # [B] network evaluations spent on each sample
+  success: jax.Array             # [B] bool: the solve finished within max_steps
 
 
-def _langevin_step(score_fn, sde, x, t, labels, key, *, snr, dt):
-  """One Langevin MCMC step at time t [B] targeting p_t(x | y).
+def per_sample_keys(key: jax.Array, num: int) -> jax.Array:
+  """The keys `sample` gives samples 0..num-1 when it is passed one key: fold_in(key, i)."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(num, dtype=jnp.uint32))
 
-  score_sde's rule: step = 2 alpha (snr ||z|| / ||s||)^2, with alpha = 1 - beta(t) dt
-  (its discrete VP alpha_i) for the VP family and 1 otherwise. As in score_sde the
-  norms are batch means: one image's ||s|| can come arbitrarily close to 0 (it
-  does not concentrate in few dimensions), and its step would then blow up.
+
+def _norm(v):
+  return jnp.sqrt(jnp.sum(v**2))
+
+
+def _langevin_step(score, sde, x, t, key, *, snr, dt):
+  """One Langevin MCMC step for one image x at time t, targeting p_t(x | y).
+
+  score_sde's rule, step = 2 alpha (snr ||z|| / ||s||)^2 with alpha = exp(-beta(t) dt)
+  for the VP family (its discrete alpha_i = 1 - beta_i to first order, but never
+  negative, so a coarse grid cannot make the step negative) and 1 otherwise,
+  with this image's own norms: score_sde averages the norms over the batch, which makes a sample
+  depend on its batch-mates. For images ||s|| concentrates near sqrt(D) / std,
+  so a single image's step is as stable as the batch mean's; in a space of a
+  few dimensions it is heavy-tailed (||s|| can come near 0).
   """
-  score = score_fn(x, t, labels)
+  s = score(x, t)
   noise = jax.random.normal(key, x.shape, x.dtype)
-  alpha = 1.0 - sde.beta(t[0]) * dt if isinstance(sde, sde_lib.VPSDE) else 1.0
-  step = 2.0 * alpha * (snr * _mean_norm(noise) / _mean_norm(score)) ** 2
-  return x + step * score + jnp.sqrt(2.0 * step) * noise
+  alpha = jnp.exp(-sde.beta(t) * dt) if isinstance(sde, sde_lib.VPSDE) else 1.0
+  step = 2.0 * alpha * (snr * _norm(noise) / _norm(s)) ** 2
+  return x + step * s + jnp.sqrt(2.0 * step) * noise
 
 
-def _reverse_sde(score_fn, sde, x_T, labels, key, *, num_steps, eps, snr):
-  """Euler-Maruyama on a uniform grid T -> eps, with a Langevin corrector if `snr`."""
-  ts = jnp.linspace(sde.T, eps, num_steps + 1, dtype=x_T.dtype)
-  dt = (sde.T - eps) / num_steps
-  batch = x_T.shape[0]
+def _reverse_sde_one(score, sde, x_T, key, *, method, num_steps, adaptive, eps, snr, rtol, atol,
+                     max_steps):
+  """One reverse-time SDE sample from x_T; returns (x_eps, success, network evaluations)."""
+  T = sde.T
+  dt = (T - eps) / num_steps
 
-  def step(carry, inputs):
-    x, _ = carry
-    t, step_key = inputs
-    t_b = jnp.full((batch,), t)
-    corrector_key, noise_key = jax.random.split(step_key)
-    if snr is not None:
-      x = _langevin_step(score_fn, sde, x, t_b, labels, corrector_key, snr=snr, dt=dt)
-    score = score_fn(x, t_b, labels)
-    x_mean = x - sde.reverse_drift(x, t_b, score) * dt
-    g = sde_lib.broadcast_to_image(sde.diffusion(t_b), x)
-    noise = jax.random.normal(noise_key, x.shape, x.dtype)
-    return (x_mean + g * math.sqrt(dt) * noise, x_mean), None
+  def reverse_drift(x, t):
+    return sde.drift(x[None], t[None])[0] - sde.diffusion(t) ** 2 * score(x, t)
 
-  keys = jax.random.split(key, num_steps)
-  (_, x_mean), _ = jax.lax.scan(step, (x_T, x_T), (ts[:-1], keys))
-  # The last step is noise-free (score_sde's denoising step): its noise would add
-  # variance g(eps)^2 dt that no later step removes.
-  return x_mean
+  path_key, corrector_key = jax.random.split(key)
+  if method == "pc":
+    def corrector(tau, x, dtau, step_key):
+      return _langevin_step(score, sde, x, T - tau, step_key, snr=snr, dt=dtau)
+    solver = solvers.LangevinCorrected(corrector=corrector, key=corrector_key)
+    per_step = 2
+  else:
+    solver = solvers.get_sde_solver(method)
+    per_step = solvers.sde_evaluations_per_step(method)
+  brownian = solvers.brownian_motion(path_key, solver, x_T.shape, x_T.dtype, t0=0.0, t1=T - eps)
+  # In tau = T - t the reverse-time SDE runs forwards: dx = -[f - g^2 s] dtau + g dw.
+  x, success, steps = solvers.solve_sde(
+      lambda tau, x: -reverse_drift(x, T - tau), lambda tau: sde.diffusion(T - tau), solver, x_T,
+      brownian=brownian, t0=0.0, t1=T - eps - dt, num_steps=num_steps - 1, adaptive=adaptive,
+      rtol=rtol, atol=atol, max_steps=max_steps)
+  t_last = jnp.asarray(eps + dt, x.dtype)
+  x_eps = x - reverse_drift(x, t_last) * dt
+  return x_eps, success, steps * per_step + 1
 
 
-def _probability_flow(score_fn, sde, x_T, labels, *, eps, rtol, atol):
-  """Solves the probability-flow ODE from T down to eps, one adaptive solve per image."""
+def _probability_flow_one(score, sde, x_T, *, eps, rtol, atol, max_steps):
+  """The probability-flow ODE from T down to eps for one image, adaptive Tsit5 + PID."""
   solver = solvers.get_solver(_ODE_SOLVER)
   # num_steps and grid only shape fixed-step grids; adaptive solves ignore them.
   controller, dt0 = solvers.make_controller(
       solver, adaptive=True, rtol=rtol, atol=atol, eps=eps, T=sde.T, num_steps=1,
       grid="uniform", dtype=x_T.dtype)
 
-  def solve_one(x, y):
-    def vector_field(t, x_t, args):
-      del args
-      t_b = jnp.reshape(t, (1,)).astype(x_t.dtype)
-      score = score_fn(x_t[None], t_b, y[None]).astype(x_t.dtype)
-      return sde.probability_flow_drift(x_t[None], t_b, score)[0]
+  def vector_field(t, x_t, args):
+    del args
+    t = jnp.asarray(t, x_t.dtype)
+    return sde.drift(x_t[None], t[None])[0] - 0.5 * sde.diffusion(t) ** 2 * score(x_t, t)
 
-    x_eps, success, _ = solvers.solve(vector_field, solver, x, t0=sde.T, t1=eps,
-                                      controller=controller, dt0=dt0,
-                                      max_steps=_ODE_MAX_STEPS)
-    return jnp.where(success, x_eps, jnp.nan)
-
-  # vmap gives every image its own step sizes and error control.
-  return jax.vmap(solve_one)(x_T, labels)
+  x_eps, success, steps = solvers.solve(vector_field, solver, x_T, t0=sde.T, t1=eps,
+                                        controller=controller, dt0=dt0, max_steps=max_steps)
+  return x_eps, success, steps * solvers.evaluations_per_step(solver)
 
 
 @functools.partial(
-    jax.jit, static_argnames=("sde", "image_shape", "method", "num_steps", "eps", "snr",
-                              "rtol", "atol"))
-def _sample(score_fn, labels, key, *, sde, image_shape, method, num_steps, eps, snr, rtol,
-            atol):
-  prior_key, noise_key = jax.random.split(key)
-  x_T = sde.prior_sampling(prior_key, (labels.shape[0],) + image_shape)
-  if method == "ode":
-    return _probability_flow(score_fn, sde, x_T, labels, eps=eps, rtol=rtol, atol=atol)
-  return _reverse_sde(score_fn, sde, x_T, labels, noise_key, num_steps=num_steps, eps=eps,
-                      snr=snr if method == "pc" else None)
+    jax.jit, static_argnames=("sde", "image_shape", "method", "adaptive", "eps", "snr", "rtol",
+                              "atol", "max_steps"))
+def _sample(score_fn, labels, keys, num_steps, *, sde, image_shape, method, adaptive, eps, snr,
+            rtol, atol, max_steps):
+  # num_steps is traced: a new step count reuses the compiled sampler.
+
+  def sample_one(y, key):
+    prior_key, path_key = jax.random.split(key)
+    x_T = sde.prior_sampling(prior_key, image_shape)
+
+    def score(x, t):
+      t_b = jnp.reshape(t, (1,)).astype(x.dtype)
+      return score_fn(x[None], t_b, y[None])[0].astype(x.dtype)
+
+    if method == "ode":
+      x, success, nfe = _probability_flow_one(score, sde, x_T, eps=eps, rtol=rtol, atol=atol,
+                                              max_steps=max_steps)
+    else:
+      x, success, nfe = _reverse_sde_one(
+          score, sde, x_T, path_key, method=method, num_steps=num_steps, adaptive=adaptive,
+          eps=eps, snr=snr, rtol=rtol, atol=atol, max_steps=max_steps)
+    return jnp.where(success, x, jnp.nan), nfe, success
+
+  # vmap gives every sample its own Brownian path, step sizes and error control.
+  return Samples(*jax.vmap(sample_one)(labels, keys))
 
 
 def sample(score_fn: Callable, sde, labels: jax.Array, image_shape: tuple[int, ...], *,
-           key: jax.Array, method: str = "ode", num_steps: int = 500, eps: float = 1e-3,
-           snr: float = 0.16, rtol: float = 1e-5, atol: float = 1e-5) -> jax.Array:
+           key: jax.Array, method: str = "ode", num_steps: int = 500, adaptive: bool = False,
+           eps: float = 1e-3, snr: float = 0.16, rtol: float = 1e-5, atol: float = 1e-5,
+           max_steps: int = 4096) -> Samples:
   """Draws one image from p(x | y) for every label.
 
   Args:
@@ -121,25 +156,55 @@ def sample(score_fn: Callable, sde, labels: jax.Array, image_shape: tuple[int, .
     sde: an `sgc_jax.sde` SDE.
     labels: classes [B] int32, one sample each.
     image_shape: (H, W, C).
-    key: PRNG key. The prior draw is
-      `sde.prior_sampling(jax.random.split(key)[0], (B, *image_shape))`; the SDE
-      methods draw their step noise from the second half of that split.
-    method: "ode" (probability flow, adaptive Tsit5 + PID with `rtol`/`atol`),
-      "euler_maruyama" or "pc" (predictor-corrector, Langevin corrector at `snr`).
-    num_steps: steps of the SDE methods, uniform from T to eps (unused by "ode").
-    eps: the final time; the last SDE step is a noise-free denoising step.
+    key: one PRNG key, from which sample i gets `per_sample_keys(key, B)[i]`
+      (so the first samples of a longer batch are the same), or B keys [B, ...],
+      one per sample. A sample's prior draw, Brownian path and corrector noise
+      all come from its own key, so it does not depend on its batch-mates.
+    method: one of `METHODS`: "ode" (probability flow, adaptive Tsit5 + PID with
+      `rtol`/`atol`), a reverse-SDE solver ("euler_maruyama", "heun", "sra1",
+      "shark") or "pc" (predictor-corrector, Langevin corrector at `snr`).
+    num_steps: reverse-SDE steps from T to eps, uniform, the last one the
+      noise-free denoising step (unused by "ode"). With `adaptive` the solver
+      chooses its steps and `num_steps` sets the first step's size and the
+      denoising step's, (T - eps) / num_steps.
+    adaptive: reverse-SDE methods only: a PID controller at `rtol`/`atol` on the
+      solver's error estimate (not "euler_maruyama" or "pc", which have none).
+    eps: the final time.
+    rtol, atol: tolerances of the adaptive solves.
+    max_steps: the per-sample step budget of the solves (fixed steps included:
+      compiled in); a sample that exceeds it is NaN with `success` False.
 
   Returns:
-    Images [B, *image_shape] at time eps; NaN where an ODE solve failed.
+    `Samples`: images [B, *image_shape], network evaluations [B] (rejected
+    adaptive steps included) and success flags [B].
   """
   if method not in METHODS:
     raise ValueError(f"method: unknown sampler {method!r}; choose one of {METHODS}")
-  if num_steps < 1:
-    raise ValueError(f"num_steps: must be >= 1, got {num_steps}")
+  if method != "ode" and not 2 <= num_steps <= max_steps + 1:
+    raise ValueError(f"num_steps: the reverse-SDE samplers need 2 to max_steps + 1 = "
+                     f"{max_steps + 1} steps (the last is the denoising step), got {num_steps}")
+  if adaptive and method in ("euler_maruyama", "pc"):
+    raise ValueError(f"adaptive: {method!r} has no error estimate; use fixed steps or one of "
+                     f"{[m for m in SDE_METHODS if solvers.sde_is_adaptive(m)]}")
   labels = jnp.asarray(labels, jnp.int32)
   if labels.ndim != 1:
     raise ValueError(f"labels: expected shape [B], got {labels.shape}")
+  keys = _as_per_sample_keys(key, labels.shape[0])
   if not isinstance(score_fn, Partial):
     score_fn = Partial(score_fn)
-  return _sample(score_fn, labels, key, sde=sde, image_shape=tuple(image_shape), method=method,
-                 num_steps=num_steps, eps=eps, snr=snr, rtol=rtol, atol=atol)
+  return _sample(score_fn, labels, keys, jnp.asarray(num_steps, jnp.int32), sde=sde,
+                 image_shape=tuple(image_shape), method=method,
+                 adaptive=adaptive and method != "ode", eps=eps, snr=snr, rtol=rtol, atol=atol,
+                 max_steps=max_steps)
+
+
+def _as_per_sample_keys(key, num: int) -> jax.Array:
+  key = jnp.asarray(key)
+  typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+  single_ndim = 0 if typed else 1
+  if key.ndim == single_ndim:
+    return per_sample_keys(key, num)
+  if key.ndim == single_ndim + 1 and key.shape[0] == num:
+    return key
+  raise ValueError(f"key: expected one PRNG key or {num} keys (one per label), "
+                   f"got an array of shape {key.shape}")
