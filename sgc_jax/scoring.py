@@ -38,6 +38,7 @@ import json
 import math
 import multiprocessing
 import os
+import re
 import shutil
 import stat
 import time
@@ -50,7 +51,7 @@ import tqdm
 
 from sgc_jax import likelihood, model_calibration, sharding
 from sgc_jax.data import dicom, records
-from sgc_jax.data.builders import get_builder_class
+from sgc_jax.data.builders import get_builder_class, mammography
 
 SCORES_FILE = "scores.parquet"
 ERRORS_FILE = "errors.parquet"
@@ -81,18 +82,20 @@ class Item:
   key: str                 # unique across the run: the path as found (plus #n if listed again)
   path: str
   error: tuple[str, str] | None = None  # (reason, message) found while listing
-  record: tuple[str, int] | None = None  # (tfds spec, index) for record inputs
+  record: tuple[object, int] | None = None  # (data source, index) for tfds: inputs
 
 
 # --- inputs ----------------------------------------------------------------
 
 
-def list_inputs(specs: Sequence[str], *, exclude: Sequence[str] = ()) -> list[Item]:
+def list_inputs(specs: Sequence[str], *, exclude: Sequence[str] = (),
+                data_dir: str | None = None) -> list[Item]:
   """Every input of `specs`, in a deterministic order, each with a unique key.
 
-  `exclude` names directories never walked into (the output directory).
+  `exclude` names directories never walked into (the output directory);
+  `data_dir` is where tfds: inputs' records are (default: records.default_data_dir()).
   """
-  lister = _Lister([os.path.realpath(p) for p in exclude])
+  lister = _Lister([os.path.realpath(p) for p in exclude], data_dir)
   for spec in specs:
     lister.add_spec(spec)
   return lister.items
@@ -101,8 +104,9 @@ def list_inputs(specs: Sequence[str], *, exclude: Sequence[str] = ()) -> list[It
 class _Lister:
   """Walks inputs; marks symlink loops, unreadable paths and duplicate files."""
 
-  def __init__(self, exclude):
+  def __init__(self, exclude, data_dir):
     self.items: list[Item] = []
+    self._data_dir = data_dir
     self._exclude = set(exclude)
     self._files: dict[str, str] = {}        # real path -> key of its first listing
     self._dirs: dict[tuple[int, int], str] = {}  # (dev, inode) -> directory walked
@@ -199,35 +203,28 @@ class _Lister:
         self._add_file(path)
 
   def _add_tfds(self, spec: str) -> None:
-    for i in range(len(_tfds_source(spec))):
-      path = f"{spec}#{i}"
-      self.items.append(Item(self._key(path), path, record=(spec, i)))
-
-
-def parse_tfds_spec(spec: str) -> tuple[str, str | None, str]:
-  """`tfds:NAME[/CONFIG]:SPLIT` -> (name, config or None, split)."""
-  body = spec[len(TFDS_PREFIX):]
-  dataset, sep, split = body.rpartition(":")
-  if not sep or not dataset or not split:
-    raise ValueError(f"--input: {spec!r} is not tfds:NAME[/CONFIG]:SPLIT")
-  name, _, config = dataset.partition("/")
-  return name, config or None, split
-
-
-_TFDS_DATA_DIR = {"value": None}
-_TFDS_SOURCES: dict[str, object] = {}
-
-
-def _tfds_source(spec: str):
-  """The random-access records of a tfds: input (cached per spec)."""
-  if spec not in _TFDS_SOURCES:
-    name, config, split = parse_tfds_spec(spec)
-    builder = records.get_builder(get_builder_class(name), _TFDS_DATA_DIR["value"],
-                                  config=config)
+    name, config, split, rows = parse_tfds_spec(spec)
+    builder = records.get_builder(get_builder_class(name), self._data_dir, config=config)
     if not builder.is_prepared():
       raise FileNotFoundError(f"--input {spec}: no prepared records under {builder.data_dir}")
-    _TFDS_SOURCES[spec] = records.data_source(builder, split)
-  return _TFDS_SOURCES[spec]
+    source = records.data_source(builder, split)
+    for i in range(len(source))[rows]:
+      path = f"{TFDS_PREFIX}{name}{'/' + config if config else ''}:{split}#{i}"
+      self.items.append(Item(self._key(path), path, record=(source, i)))
+
+
+_TFDS_SPEC = re.compile(r"^tfds:(?P<name>[^/:\[\]]+)(/(?P<config>[^/:\[\]]+))?:"
+                        r"(?P<split>[^/:\[\]]+)(\[(?P<start>\d*):(?P<stop>\d*)\])?$")
+
+
+def parse_tfds_spec(spec: str) -> tuple[str, str | None, str, slice]:
+  """`tfds:NAME[/CONFIG]:SPLIT[[START:STOP]]` -> (name, config or None, split, record slice)."""
+  match = _TFDS_SPEC.match(spec)
+  if match is None:
+    raise ValueError(f"--input: {spec!r} is not tfds:NAME[/CONFIG]:SPLIT[[START:STOP]]")
+  start, stop = match["start"], match["stop"]
+  return (match["name"], match["config"], match["split"],
+          slice(int(start) if start else None, int(stop) if stop else None))
 
 
 def _is_dicom(path: str) -> bool:
@@ -283,8 +280,8 @@ def _decode_file(task):
 
 
 def _read_record(item: Item) -> Decoded:
-  spec, index = item.record
-  record = _tfds_source(spec)[index]
+  source, index = item.record
+  record = source[index]
   metadata = {k: _text(record[k]) for k in ("patient_id", "study_id", "image_id", "view",
                                             "laterality") if k in record}
   if "id" in record:
@@ -387,6 +384,13 @@ def preprocess_options(builder):
   return config.preprocess_options(), type(builder).ALLOWED_MODALITIES
 
 
+def class_names(builder) -> list[str]:
+  """Column names of the classes: benign/malignant for mammograms, else the dataset's labels."""
+  if isinstance(builder, mammography.MammographyBuilder):
+    return list(mammography.CLASS_NAMES)
+  return list(builder.info.features["label"].names)
+
+
 class _Scorer:
   """Scores decoded images in fixed-shape batches; turns results into table rows."""
 
@@ -395,7 +399,7 @@ class _Scorer:
     self.trained = trained
     self.batch_size = per_device_batch * trained.mesh.size
     self.deq_key, self.probe_key = jax.random.split(jax.random.PRNGKey(config.seed + 1))
-    self.names = list(trained.builder.info.features["label"].names)
+    self.names = class_names(trained.builder)
     self.num_dims = math.prod(trained.image_shape[:2]) * config.data.num_channels
     self.data_config = config.data
     self.calibration = calibration
@@ -608,10 +612,10 @@ def score_archive(trained, inputs: Sequence[str], out_dir: str, *, per_device_ba
     raise ValueError(f"chunk_size: must be >= 1, got {chunk_size}")
   start = time.perf_counter()
   process, processes = jax.process_index(), jax.process_count()
-  _TFDS_DATA_DIR["value"] = trained.config.data.get("data_dir") or None
   out_dir = os.path.abspath(out_dir)
   chunk_dir = os.path.join(out_dir, CHUNKS_DIR)
-  items = list_inputs(inputs, exclude=[out_dir])
+  items = list_inputs(inputs, exclude=[out_dir],
+                      data_dir=trained.config.data.get("data_dir") or None)
   if not items:
     raise ValueError(f"--input: no files found in {list(inputs)}")
   options, allowed = preprocess_options(trained.builder)
@@ -619,7 +623,7 @@ def score_archive(trained, inputs: Sequence[str], out_dir: str, *, per_device_ba
     raise ValueError(f"--input: the model was trained on {trained.builder.name} records, not "
                      "on DICOMs; score tfds: inputs of that dataset")
   calibration = model_calibration.load(trained.workdir, trained.config.eval.estimator)
-  names = list(trained.builder.info.features["label"].names)
+  names = class_names(trained.builder)
   if process == 0:
     os.makedirs(chunk_dir, exist_ok=True)
     for name in os.listdir(chunk_dir):  # what a killed run left half-written

@@ -28,7 +28,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
 from sgc_jax import api, evaluation, model_calibration, scoring, sharding, trainer
-from sgc_jax.data import convert
+from sgc_jax.data import convert, records
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -202,17 +202,19 @@ def test_score_rows_hold_metadata_calibrated_posteriors_and_ood(scored, trained)
     assert row["sop_instance_uid"] == ds.SOPInstanceUID
     assert row["study_instance_uid"] == ds.StudyInstanceUID
     assert row["patient_id"] == ds.PatientID
-    assert row["laterality"] in ("L", "R") and row["view"] in ("CC", "MLO")
+    # The side used for flipping (tags, else the image content); CBIS-DDSM has no ViewPosition.
+    assert row["laterality"] in ("L", "R") and row["view"] == ds.get("ViewPosition", "")
     assert row["file_size"] == os.path.getsize(row["path"])
     ll = np.asarray([row[f"log_likelihood_{n}"] for n in names])
-    # Calibrated posterior: softmax((log p(x|y) + log prior) / T), as sgc-evaluate fits it.
-    logits = (ll + np.asarray(stored.log_prior)) / stored.temperature
+    # Calibrated posterior: softmax(log p(x|y) / T + log prior), as sgc-evaluate fits it.
+    logits = ll / stored.temperature + np.asarray(stored.log_prior)
     post = np.exp(logits - np.logaddexp.reduce(logits))
     np.testing.assert_allclose([row[f"probability_{n}"] for n in names], post, rtol=1e-6)
     assert row["prediction"] == names[int(np.argmax(post))]
-    # bits/dim of 8-bit data in [0, 1]: -log p / (D ln 2) + 8.
-    np.testing.assert_allclose(row["bits_per_dim_benign"],
-                               -ll[0] / (64 * 64 * np.log(2)) + 8, rtol=1e-9)
+    # bits/dim of 8-bit data in [0, 1]: -log p / (D ln 2) + 8, D counting replicated channels.
+    dims = 64 * 64 * loaded.config.data.num_channels
+    np.testing.assert_allclose(row["bits_per_dim_benign"], -ll[0] / (dims * np.log(2)) + 8,
+                               rtol=1e-9)
     assert row["ood"] == (row["ood_score_bits_per_dim"] > stored.ood_threshold_bits_per_dim)
     assert row["nfe"] == 2 * 4
   assert os.path.exists(os.path.join(out, "scores.csv"))
@@ -271,3 +273,63 @@ def test_listing_rules(tmp_path):
       ("x.dcm", None), ("b", "DuplicateInputError")]
   with pytest.raises(ValueError, match="is not tfds:NAME"):
     scoring.parse_tfds_spec("tfds:digits")
+  assert scoring.parse_tfds_spec("tfds:cbis_ddsm/full_64:test[2:]") == (
+      "cbis_ddsm", "full_64", "test", slice(2, None))
+
+
+_SCORE_WORKER = """
+import json, sys
+sys.path[:0] = [{tests!r}, {root!r}]
+import jax
+from tiny import tiny_config
+from sgc_jax import scoring, trainer
+if {train!r}:
+  config = tiny_config({data_dir!r}, steps=10)
+  config.eval.estimator, config.eval.num_time_samples = "denoising", 4
+  trainer.train(config, {workdir!r})
+trained = scoring.load_model({workdir!r})
+summary = scoring.score_archive(trained, {inputs!r}, {out!r}, per_device_batch={batch},
+                                decode_workers=1, chunk_size=3, progress=False)
+print("REPORT " + json.dumps({{"processes": jax.process_count(), "summary": summary}}))
+"""
+
+
+def _launch_two(tmp_path, **fields):
+  from test_multiprocess import _run_workers  # pylint: disable=g-import-not-at-top
+  script = _SCORE_WORKER.format(tests=TESTS, root=ROOT, batch=PER_DEVICE_BATCH,
+                                **{"train": False, "data_dir": "", **fields})
+  reports = _run_workers(script)
+  assert [r["processes"] for r in reports] == [2, 2]
+  assert reports[0]["summary"] == reports[1]["summary"]
+  return reports[0]["summary"]
+
+
+def test_two_processes_score_the_archive_like_one(scored, trained, archive, tmp_path):
+  # Trained by one process (on 2 devices), scored by two processes of 2 devices each.
+  _, reference, _ = scored
+  out = str(tmp_path / "out")
+  summary = _launch_two(tmp_path, workdir=trained, inputs=archive[0], out=out)
+  assert summary["processes"] == 2 and summary["scored_this_run"] == 8
+  assert _tables(out) == _tables(reference)
+
+
+def test_trained_by_two_processes_scored_by_one_and_by_two(tmp_path):
+  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+  inputs = ["tfds:digits:test[:11]"]
+  summary = _launch_two(tmp_path, train=True, data_dir=data_dir, workdir=workdir,
+                        inputs=inputs, out=str(tmp_path / "two"))
+  assert summary["scored"] == 11
+  loaded = scoring.load_model(workdir)
+  one = scoring.score_archive(loaded, inputs, str(tmp_path / "one"),
+                              per_device_batch=PER_DEVICE_BATCH, decode_workers=0,
+                              progress=False)
+  assert one["model_step"] == summary["model_step"] == 10
+  scores_two, _ = _tables(str(tmp_path / "two"))
+  scores_one, _ = _tables(str(tmp_path / "one"))
+  assert [r["key"] for r in scores_one] == [r["key"] for r in scores_two]
+  # The digits records' ids key the images, as in sgc-evaluate.
+  source = records.data_source(loaded.builder, "test")
+  assert [r["image_key"] for r in scores_one] == [int(source[i]["id"]) for i in range(11)]
+  for a, b in zip(scores_one, scores_two):
+    for name in range(10):
+      assert abs(a[f"log_likelihood_{name}"] - b[f"log_likelihood_{name}"]) <= 2e-4
