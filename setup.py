@@ -70,6 +70,7 @@ setuptools.setup(
             "sgc-convert=sgc_jax.cli.convert:run",
             "sgc-score=sgc_jax.cli.score:run",
             "sgc-import-seed=sgc_jax.cli.import_seed:run",
+            "sgc-bench-solvers=sgc_jax.cli.bench_solvers:run",
         ],
     },
 )

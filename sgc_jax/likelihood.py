@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 from jax.tree_util import Partial
 
-from sgc_jax import solvers
+from sgc_jax import exponential_integrator, solvers
 
 DIVERGENCES = ("hutchinson", "exact")
 PROBES = ("rademacher", "gaussian")
@@ -85,31 +85,47 @@ def _score_divergence(score_one, x, directions, divergence: str, control):
   return score, jnp.mean(quad - control * (jnp.sum(flat * flat, axis=1) - flat.shape[1]))
 
 
-def _solve_one(score_fn, sde, x, y, directions, *, divergence, solver, controller, dt0, eps,
-               max_steps):
-  """log p(x | y) for one image x [H, W, C] and one label y (scalars out)."""
-  dim = x.size
+def _score_and_divergence(score_fn, sde, y, directions, divergence):
+  """(t, x) -> (s(x, t, y), div_x s) for one image x [H, W, C] and one label y."""
 
-  def vector_field(t, state, args):
-    del args
-    x_t, _ = state
+  def evaluate(t, x_t):
     t_b = jnp.reshape(t, (1,)).astype(x_t.dtype)
     score_one = lambda z: score_fn(z[None], t_b, y[None])[0].astype(z.dtype)
     # The score Jacobian of unit-Gaussian data, -I / (alpha^2 + sigma^2): the
     # Hutchinson control variate (see `_score_divergence`).
     control = -1.0 / (sde.marginal_mean_coeff(t) ** 2 + sde.marginal_std(t) ** 2)
-    score, div_score = _score_divergence(score_one, x_t, directions, divergence,
-                                         control.astype(x_t.dtype))
-    a = sde.drift_coeff(t)
-    half_g2 = 0.5 * sde.diffusion(t) ** 2
-    dx = a * x_t - half_g2 * score
-    ddiv = a * dim - half_g2 * div_score
-    return dx, ddiv.astype(x_t.dtype)
+    return _score_divergence(score_one, x_t, directions, divergence, control.astype(x_t.dtype))
 
-  y0 = (x, jnp.zeros((), x.dtype))
-  (x_T, delta), success, num_steps = solvers.solve(
-      vector_field, solver, y0, t0=eps, t1=sde.T, controller=controller, dt0=dt0,
-      max_steps=max_steps)
+  return evaluate
+
+
+def _solve_one(score_fn, sde, x, y, directions, *, divergence, solver, controller, dt0, eps,
+               max_steps):
+  """log p(x | y) for one image x [H, W, C] and one label y (scalars out).
+
+  `solver` is a Diffrax solver, or an `exponential_integrator.Schedule`.
+  """
+  dim = x.size
+  score_and_divergence = _score_and_divergence(score_fn, sde, y, directions, divergence)
+
+  if isinstance(solver, exponential_integrator.Schedule):
+    x_T, delta = exponential_integrator.solve(score_and_divergence, x, solver)
+    success, num_steps = jnp.array(True), jnp.array(len(solver.sigmas), jnp.int32)
+  else:
+    def vector_field(t, state, args):
+      del args
+      x_t, _ = state
+      score, div_score = score_and_divergence(t, x_t)
+      a = sde.drift_coeff(t)
+      half_g2 = 0.5 * sde.diffusion(t) ** 2
+      dx = a * x_t - half_g2 * score
+      ddiv = a * dim - half_g2 * div_score
+      return dx, ddiv.astype(x_t.dtype)
+
+    y0 = (x, jnp.zeros((), x.dtype))
+    (x_T, delta), success, num_steps = solvers.solve(
+        vector_field, solver, y0, t0=eps, t1=sde.T, controller=controller, dt0=dt0,
+        max_steps=max_steps)
   logp = sde.prior_logp(x_T[None])[0] + delta
   logp = jnp.where(success & jnp.isfinite(logp), logp, jnp.nan)
   return logp, num_steps, success & jnp.isfinite(logp)
@@ -121,10 +137,18 @@ def _solve_one(score_fn, sde, x, y, directions, *, divergence, solver, controlle
                      "grid", "eps", "max_steps", "divergence", "probe", "num_probes"))
 def _class_log_likelihoods(score_fn, x, keys, *, sde, num_classes, solver, adaptive, rtol, atol,
                            num_steps, grid, eps, max_steps, divergence, probe, num_probes):
-  solver_obj = solvers.get_solver(solver)
-  controller, dt0 = solvers.make_controller(
-      solver_obj, adaptive=adaptive, rtol=rtol, atol=atol, eps=eps, T=sde.T,
-      num_steps=num_steps, grid=grid, dtype=x.dtype)
+  if solver.lower() in exponential_integrator.SOLVERS:
+    # Fixed steps on a precomputed grid, one network evaluation each.
+    solver_obj = exponential_integrator.make_schedule(
+        sde, eps=eps, T=sde.T, num_steps=num_steps, order=exponential_integrator.order_of(solver),
+        grid=grid)
+    controller, dt0, evaluations_per_step, extra = None, None, 1, 0
+  else:
+    solver_obj = solvers.get_solver(solver)
+    controller, dt0 = solvers.make_controller(
+        solver_obj, adaptive=adaptive, rtol=rtol, atol=atol, eps=eps, T=sde.T,
+        num_steps=num_steps, grid=grid, dtype=x.dtype)
+    evaluations_per_step, extra = solvers.evaluations_per_step(solver_obj), 1
   image_shape = x.shape[1:]
   solve = functools.partial(
       _solve_one, score_fn, sde, divergence=divergence, solver=solver_obj,
@@ -140,7 +164,7 @@ def _class_log_likelihoods(score_fn, x, keys, *, sde, num_classes, solver, adapt
     return jax.vmap(lambda y: solve(image, y, directions))(classes)
 
   logp, steps, success = jax.vmap(per_image)(x, keys)
-  nfe = steps * solvers.evaluations_per_step(solver_obj) + 1
+  nfe = steps * evaluations_per_step + extra
   return LikelihoodResult(logp, nfe, success)
 
 
@@ -164,9 +188,13 @@ def class_log_likelihoods(
       one key per image ([B] typed or [B, 2] raw keys), e.g. the image's id
       folded into a base key. Either way all classes of an image share its
       probes, and `num_probes` > 1 averages that many.
-    solver: Diffrax solver name (see `sgc_jax.solvers.SOLVERS`).
+    solver: Diffrax solver name (see `sgc_jax.solvers.SOLVERS`), or an
+      exponential integrator in log-SNR time, "expint1/2/3" (multistep of that
+      order, one network evaluation per step, fixed steps only; see
+      `sgc_jax.exponential_integrator`).
     adaptive: PID step-size control with `rtol`/`atol`; else `num_steps` fixed
-      steps on a `grid` ("quadratic", "log" or "uniform") dense near `eps`.
+      steps on a `grid` ("quadratic", "log" or "uniform") dense near `eps`, or,
+      for the exponential integrators, also "logsnr" (even in log-SNR).
     eps: the start time (the ODE is stiff at 0).
     max_steps: per-solve step budget; exceeding it fails that solve only.
     divergence: "hutchinson" (`num_probes` probes drawn from `probe`, with a
@@ -183,6 +211,8 @@ def class_log_likelihoods(
     raise ValueError(f"probe: unknown {probe!r}; choose one of {PROBES}")
   if x.ndim != 4:
     raise ValueError(f"x: expected images [B, H, W, C], got shape {x.shape}")
+  if adaptive and solver.lower() in exponential_integrator.SOLVERS:
+    raise ValueError(f"solver: {solver} takes fixed steps; set adaptive=False and num_steps")
   dtype = jnp.dtype(dtype)
   if dtype == jnp.float64 and not jax.config.jax_enable_x64:
     raise ValueError("dtype: float64 needs jax.config.update('jax_enable_x64', True) first")

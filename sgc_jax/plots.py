@@ -227,3 +227,27 @@ def image_grid(images, path, labels: Sequence | None = None, ncols: int = 8,
   if title is not None:
     fig.suptitle(title)
   return _save(fig, path)
+
+
+def work_precision(lines: Mapping[str, tuple[Sequence[float], Sequence[float]]], path, *,
+                   xlabel: str, ylabel: str, title: str = "", log_y: bool = True) -> str:
+  """One marked line per named series of (cost, error) points, log-scaled cost axis.
+
+  The solver benchmark's diagrams (`sgc_jax.solver_bench`): error against
+  seconds, or decision agreement against network evaluations.
+  """
+  fig = _new_figure(7.0, 4.5)
+  ax = fig.add_subplot(1, 1, 1)
+  for name, (xs, ys) in lines.items():
+    order = np.argsort(xs)
+    ax.plot(np.asarray(xs)[order], np.asarray(ys)[order], marker="o", markersize=3, label=name)
+  ax.set_xscale("log")
+  if log_y:
+    ax.set_yscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  if title:
+    ax.set_title(title)
+  ax.grid(True, which="both", alpha=0.3)
+  ax.legend(fontsize=7, loc="best")
+  return _save(fig, path)
