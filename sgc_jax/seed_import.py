@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgc_jax import checkpointing, models, train_state
+from sgc_jax import api, checkpointing, models, train_state
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
@@ -227,9 +227,9 @@ def _check_config(config, arch: Mapping[str, Any]) -> None:
 def import_seed(state_dict: Mapping[str, Any], config, workdir: str) -> dict[str, Any]:
   """Writes the reference's weights as a step-0 checkpoint of `config` in `workdir`.
 
-  `sgc-evaluate --config C --workdir W` (and anything that calls
-  `train_state.restore_inference_variables`) then scores with them exactly as
-  with a network trained here; `sgc-train` would fine-tune from them. When
+  `sgc-evaluate --config C --workdir W` and `sgc_jax.load(W)` (which reads the
+  `config.json` written here) then score with them exactly as with a network
+  trained here; `sgc-train` would fine-tune from them. When
   the config's records exist, their class count is checked against the label
   embedding; otherwise the label embedding sets `data.num_classes`.
 
@@ -260,5 +260,6 @@ def import_seed(state_dict: Mapping[str, Any], config, workdir: str) -> dict[str
   tx, _ = train_state.make_optimizer(config.training, steps_per_epoch=1)
   state = train_state.state_from_variables(config, tx, jax.tree.map(jnp.asarray, variables))
   checkpointing.save(manager, 0, state, wait=True)
+  api.write_config(config, workdir)  # what `sgc_jax.load(workdir)` reads back
   return {**arch, "params": models.count_params(variables["params"]),
           "checkpoint": os.path.join(manager.directory, "0")}

@@ -27,9 +27,9 @@ torch = pytest.importorskip(
 
 import seed_torch  # noqa: E402  (needs torch)
 from configs import cbis_ddsm  # noqa: E402
-from sgc_jax import models, seed_import, train_state  # noqa: E402
+import sgc_jax  # noqa: E402
+from sgc_jax import models, seed_import  # noqa: E402
 from sgc_jax import sde as sde_lib  # noqa: E402
-from tiny import tiny_config  # noqa: E402
 
 SDE = sde_lib.VPSDE(beta_min=0.1, beta_max=20.0)
 SEED_CHANNELS = (32, 64, 128, 256, 512)
@@ -162,25 +162,22 @@ def test_imported_checkpoint_restores_as_if_trained_here(tmp_path):
       seed=1).eval()
   checkpoint, workdir = str(tmp_path / "seed.pth"), str(tmp_path / "run")
   torch.save(net.state_dict(), checkpoint)
-  config = tiny_config(str(tmp_path / "tfds"), model="unet")
+  data_dir = str(tmp_path / "tfds")
   digits_config = os.path.join(os.path.dirname(__file__), "..", "configs", "digits.py")
   overrides = [f"--config.{k}={v}" for k, v in [
-      ("data.data_dir", config.data.data_dir), ("model.name", "unet"),
+      ("data.data_dir", data_dir), ("model.name", "unet"),
       ("model.unet.channels", "8,16"),
       ("model.class_gaussian", "none"), ("training.ema_decay", 0.0)]]
   done = subprocess.run([sys.executable, "-m", "sgc_jax.cli.import_seed", "--checkpoint",
                          checkpoint, "--config", digits_config, "--workdir", workdir, *overrides],
                         capture_output=True, text=True)
   assert done.returncode == 0, done.stderr[-3000:]
-  config.model.class_gaussian = "none"
-  config.training.ema_decay = 0.0
-  variables = train_state.restore_inference_variables(config, workdir)
-  model = models.get_model(config.model, 10)
+  trained = sgc_jax.load(workdir)  # the config.json written by the import
+  assert trained.step == 0 and trained.config.data.num_classes == 10
   x = np.random.default_rng(2).uniform(0, 1, (10, 8, 8, 1)).astype(np.float32)
   t = np.linspace(0.01, 1.0, 10).astype(np.float32)
   y = np.arange(10, dtype=np.int32)
-  ours = np.asarray(models.make_score_fn(model, variables, SDE.marginal_std)(
-      jnp.asarray(x), jnp.asarray(t), jnp.asarray(y)))
+  ours = np.asarray(trained.score_fn(jnp.asarray(x), jnp.asarray(t), jnp.asarray(y)))
   assert relative_error(ours, torch_score(net.double(), x, t, y)) < 1e-5
   with pytest.raises(FileExistsError, match="already holds checkpoints"):
-    seed_import.import_seed(seed_state_dict(net), config, workdir)
+    seed_import.import_seed(seed_state_dict(net), trained.config, workdir)
