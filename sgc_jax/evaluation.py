@@ -271,7 +271,7 @@ def write_outputs(out_dir, config, scored, calibration, report, score_fn, sde, *
     sample_labels = jnp.repeat(jnp.arange(num_classes, dtype=jnp.int32), ev.num_samples)
     images = sampling.sample(score_fn, sde, sample_labels, image_shape,
                              key=jax.random.PRNGKey(config.seed + 2), method=ev.sampler,
-                             num_steps=ev.sampler_steps).images
+                             num_steps=ev.sampler_steps, rtol=ev.rtol, atol=ev.atol).images
     lo, hi = config.data.range
     images = np.clip((np.asarray(images) - lo) / (hi - lo), 0.0, 1.0)
     plots.image_grid(images, os.path.join(out_dir, "samples.png"),

@@ -72,7 +72,8 @@ def evaluate(config, workdir: str, score_fn, sde, image_shape, out_dir: str | No
   (`baseline.train_and_evaluate`, which also writes its metrics) when there is
   none. Scores `config.eval.sample_quality_samplers` with
   `config.eval.sample_quality_per_class` samples per class at
-  `config.eval.sampler_steps` steps, and writes the per-class detail to
+  `config.eval.sampler_steps` steps (the ODE at the likelihood's `eval.rtol`
+  and `eval.atol`), and writes the per-class detail to
   `out_dir/sample_quality.json` when `out_dir` is given.
 
   Returns flat metrics: `sample_quality_<sampler>` (the score) and
@@ -89,7 +90,7 @@ def evaluate(config, workdir: str, score_fn, sde, image_shape, out_dir: str | No
       score_fn, sde, logits_fn, num_classes=config.data.num_classes, image_shape=image_shape,
       samplers=tuple(ev.sample_quality_samplers), per_class=ev.sample_quality_per_class,
       key=jax.random.PRNGKey(config.seed + 4), data_range=tuple(config.data.range),
-      num_steps=ev.sampler_steps)
+      num_steps=ev.sampler_steps, rtol=ev.rtol, atol=ev.atol)
   if out_dir is not None and jax.process_index() == 0:
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "sample_quality.json"), "w", encoding="utf-8") as f:

@@ -56,10 +56,11 @@ def _langevin_step(score, sde, x, t, key, *, snr, dt):
   score_sde's rule, step = 2 alpha (snr ||z|| / ||s||)^2 with alpha = exp(-beta(t) dt)
   for the VP family (its discrete alpha_i = 1 - beta_i to first order, but never
   negative, so a coarse grid cannot make the step negative) and 1 otherwise,
-  with this image's own norms: score_sde averages the norms over the batch, which makes a sample
-  depend on its batch-mates. For images ||s|| concentrates near sqrt(D) / std,
-  so a single image's step is as stable as the batch mean's; in a space of a
-  few dimensions it is heavy-tailed (||s|| can come near 0).
+  with this image's own norms: score_sde averages the norms over the batch,
+  which makes a sample depend on its batch-mates. For images ||s|| concentrates
+  near sqrt(D) / std, so a single image's step is as stable as the batch
+  mean's; in a space of a few dimensions it is heavy-tailed (||s|| can come
+  near 0), so test it on images, not on a handful of pixels.
   """
   s = score(x, t)
   noise = jax.random.normal(key, x.shape, x.dtype)
@@ -75,7 +76,7 @@ def _reverse_sde_one(score, sde, x_T, key, *, method, num_steps, adaptive, eps, 
   dt = (T - eps) / num_steps
 
   def reverse_drift(x, t):
-    return sde.drift(x[None], t[None])[0] - sde.diffusion(t) ** 2 * score(x, t)
+    return sde.reverse_drift(x[None], t[None], score(x, t)[None])[0]
 
   path_key, corrector_key = jax.random.split(key)
   if method == "pc":
@@ -108,7 +109,7 @@ def _probability_flow_one(score, sde, x_T, *, eps, rtol, atol, max_steps):
   def vector_field(t, x_t, args):
     del args
     t = jnp.asarray(t, x_t.dtype)
-    return sde.drift(x_t[None], t[None])[0] - 0.5 * sde.diffusion(t) ** 2 * score(x_t, t)
+    return sde.probability_flow_drift(x_t[None], t[None], score(x_t, t)[None])[0]
 
   x_eps, success, steps = solvers.solve(vector_field, solver, x_T, t0=sde.T, t1=eps,
                                         controller=controller, dt0=dt0, max_steps=max_steps)
