@@ -1,9 +1,10 @@
-"""The fast convolutions of sgc_jax.models.layers compute what Flax's layers compute.
+"""The fast layers of sgc_jax.models.layers compute what Flax's layers compute.
 
 `layers.ConvTranspose` (one einsum) against `nn.ConvTranspose`, and
 `layers.Conv` (im2col on maps smaller than the kernel) against `nn.Conv`: the
 same parameters give the same outputs and the same gradients with respect to
-the input and every parameter.
+the input and every parameter. `layers.max_pool` against `nn.max_pool`, and
+its tie rule against PyTorch's.
 """
 import flax.linen as nn
 import jax
@@ -65,3 +66,27 @@ def test_conv_1x1_equals_flax():
 def test_conv_rejects_an_even_kernel():
   with pytest.raises(ValueError, match="kernel_size: must be odd"):
     layers.Conv(2, 2).init(jax.random.key(0), jnp.zeros((1, 4, 4, 1)))
+
+
+@pytest.mark.parametrize("shape,factor", [((2, 4, 6, 3), 2), ((1, 6, 3, 2), 3)])
+def test_max_pool_equals_flax(shape, factor):
+  x = _random_like(jnp.zeros(shape), seed=0)
+  cotangent = _random_like(jnp.zeros((shape[0], shape[1] // factor, shape[2] // factor,
+                                      shape[3])), seed=1)
+
+  def pooled_and_grad(pool):
+    out, vjp = jax.vjp(pool, x)
+    return out, vjp(cotangent)[0]
+
+  ours = pooled_and_grad(lambda x: layers.max_pool(x, factor))
+  expected = pooled_and_grad(lambda x: nn.max_pool(x, (factor, factor), strides=(factor, factor)))
+  np.testing.assert_array_equal(ours[0], expected[0])
+  np.testing.assert_array_equal(ours[1], expected[1])
+
+
+def test_max_pool_gradient_goes_to_the_first_maximum_as_in_pytorch():
+  # Window [[1, 3], [3, 0]]: PyTorch's MaxPool2d sends the gradient to the
+  # first 3 in row-major order, (0, 1), and nowhere else.
+  x = jnp.asarray([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
+  grad = jax.grad(lambda x: layers.max_pool(x, 2).sum())(x)
+  np.testing.assert_array_equal(grad.reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])

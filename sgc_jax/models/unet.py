@@ -24,7 +24,8 @@ relative (tests/test_seed_import.py).
 Speed: the convolutions are `layers.Conv` and `layers.ConvTranspose`, which
 compute what Flax's layers compute (same parameters) but avoid two XLA:CPU
 slow paths: the transposed convolution's weight gradient, and 3x3
-convolutions on maps smaller than the kernel.
+convolutions on maps smaller than the kernel; `layers.max_pool` avoids a
+third, the gradient of `lax.reduce_window`.
 
 Differences, all deliberate:
 - the network returns the raw output (an estimate of -z); the reference
@@ -154,7 +155,7 @@ class SeedUNet(nn.Module):
       if level == 0:
         h = DoubleConv(features, self.dtype, name="conv1")(h, train)
       else:
-        h = nn.max_pool(h, (2, 2), strides=(2, 2))
+        h = layers.max_pool(h, 2)
         h = DoubleConv(features, self.dtype, name=f"down{level + 1}")(h, train)
       groups = _FIRST_LEVEL_GROUPS if level == 0 else _GROUPS
       h = self._norm_act(h, emb, groups, str(level + 1))
