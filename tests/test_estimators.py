@@ -63,9 +63,11 @@ def test_exact_score_recovers_the_log_density(name):
   exact = _gaussian_logpdf(X, MEANS, STD**2 + float(sde.marginal_std(EPS)) ** 2)
   err = np.asarray(result.log_likelihood) - exact
   # With the exact score the bound is tight (up to the prior mismatch, far below
-  # a nat), so what is left is Monte Carlo noise: 0.5-1.5 nats at K = 8192.
-  assert np.all(np.abs(err) < 4.0), err
-  assert abs(err.mean()) < 2.5, err
+  # a nat), so what is left is Monte Carlo noise at K = 8192 (measured: at most
+  # 1.4 nats per entry; mean error over the 36 entries 0.10, -0.24 and 0.10 nats
+  # for VP, sub-VP and VE). A 1-nat bias fails this.
+  assert np.all(np.abs(err) < 2.0), err
+  assert abs(err.mean()) < 0.5, err
 
 
 def _vp_model_moments(sde, scale):
