@@ -291,6 +291,7 @@ def test_ddpmpp_dropout_only_in_training():
   b = apply(model, variables, x, t, y, train=True,
             rngs={"dropout": jax.random.key(2, impl="rbg")})
   assert not np.allclose(a, b, atol=1e-4)
-  # Inference needs no rng and is deterministic.
-  np.testing.assert_array_equal(apply(model, variables, x, t, y),
-                                apply(model, variables, x, t, y))
+  # Inference needs no rng and is the model without dropout, on the same variables.
+  np.testing.assert_allclose(apply(model, variables, x, t, y),
+                             apply(model.clone(dropout=0.0), variables, x, t, y),
+                             rtol=1e-6, atol=1e-6)
