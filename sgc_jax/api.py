@@ -83,12 +83,15 @@ class TrainedModel:
     Each image is dequantized, and its Hutchinson probes drawn, from `key`
     (default: the evaluation's `PRNGKey(seed + 1)`) folded with its id (default:
     its position 0..B-1; pass the record ids to reproduce an evaluation table).
-    The batch is padded to a multiple of the device count and sharded.
+    The batch is padded to a multiple of the device count and sharded. An
+    image's numbers do not depend on its batch-mates, but adaptive solves carry
+    round-off of the shape they run at: equal per-device batch sizes give
+    equal numbers (what `sgc-score --per_device_batch` fixes).
     """
     images = np.asarray(images)
     if images.ndim != 4 or images.shape[1:] != self.image_shape:
-      raise ValueError(f"images: expected integer records [B, {', '.join(map(str, self.image_shape))}]"
-                       f", got shape {images.shape}")
+      shape = ", ".join(map(str, self.image_shape))
+      raise ValueError(f"images: expected integer records [B, {shape}], got shape {images.shape}")
     n = len(images)
     ids = np.arange(n) if ids is None else np.asarray(ids)
     if ids.shape != (n,):

@@ -47,9 +47,13 @@ from typing import Iterator, Sequence
 
 import jax
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
 import tqdm
 
-from sgc_jax import likelihood, model_calibration, sharding
+from sgc_jax import api, likelihood, model_calibration, sharding
 from sgc_jax.data import dicom, records
 from sgc_jax.data.builders import get_builder_class, mammography
 
@@ -64,12 +68,14 @@ SYMLINK_LOOP = "SymlinkLoopError"
 DUPLICATE = "DuplicateInputError"
 SOLVER_FAILURE = "SolverFailureError"
 WORKER_CRASH = "WorkerCrashError"
+SHAPE_MISMATCH = "ShapeMismatchError"
 UNEXPECTED = "UnexpectedError"
 TFDS_PREFIX = "tfds:"
 # A file given as an input is a list of paths unless it is DICOM (by name or preamble).
 DICOM_EXTENSIONS = (".dcm", ".dicom")
-# Modules a decode worker needs, imported once by the forkserver.
-_WORKER_MODULES = ("sgc_jax.data.dicom", "pydicom", "skimage.transform", "scipy.ndimage")
+# Modules a decode worker needs (the worker function lives here), imported once by the
+# forkserver that forks every worker.
+_WORKER_MODULES = ("sgc_jax.scoring", "pydicom", "skimage.transform", "scipy.ndimage")
 
 
 class ScoringError(RuntimeError):
@@ -398,7 +404,6 @@ class _Scorer:
     config = trained.config
     self.trained = trained
     self.batch_size = per_device_batch * trained.mesh.size
-    self.deq_key, self.probe_key = jax.random.split(jax.random.PRNGKey(config.seed + 1))
     self.names = class_names(trained.builder)
     self.num_dims = math.prod(trained.image_shape[:2]) * config.data.num_channels
     self.data_config = config.data
@@ -411,7 +416,7 @@ class _Scorer:
     """Records of another shape or dtype than the model's become errors."""
     image = decoded.image
     if image.shape != self.trained.image_shape or image.dtype != self.dtype:
-      decoded.error = ("ShapeMismatchError",
+      decoded.error = (SHAPE_MISMATCH,
                        f"{decoded.item.path}: image {image.shape} {image.dtype}, the model "
                        f"scores {self.trained.image_shape} {self.dtype}")
       decoded.image = None
@@ -420,18 +425,16 @@ class _Scorer:
   def score(self, batch: list[Decoded]) -> tuple[list[dict], list[dict]]:
     n = len(batch)
     take = np.minimum(np.arange(self.batch_size), n - 1)  # pad by repeating the last image
-    images = np.stack([batch[i].image for i in take])
     ids = np.asarray([image_id(batch[i]) for i in take], np.uint32)
-    x = self.trained.prepare(self.deq_key, ids, images)
-    x = jax.device_put(x, sharding.batch_sharded(self.trained.mesh))
-    result = jax.device_get(self.trained.scorer(x, ids, self.probe_key))
+    # Always the full batch shape: one compilation, and the same round-off for every image.
+    result = self.trained.log_likelihoods(np.stack([batch[i].image for i in take]), ids=ids)
     ll = np.asarray(result.log_likelihood, np.float64)[:n]
-    nfe = np.asarray(result.num_function_evals)[:n]
-    ok = np.asarray(result.success)[:n].all(axis=1)
+    nfe = result.num_function_evals[:n]
+    success = result.success[:n]
     scores, errors = [], []
     for i, decoded in enumerate(batch):
-      if not ok[i]:
-        failed = [self.names[c] for c in np.flatnonzero(~np.asarray(result.success)[i])]
+      if not success[i].all():
+        failed = [self.names[c] for c in np.flatnonzero(~success[i])]
         errors.append(error_row(decoded, (SOLVER_FAILURE, (
             f"{decoded.item.path}: the likelihood solve failed for class(es) {failed} "
             f"after {int(nfe[i].sum())} network evaluations"))))
@@ -481,9 +484,11 @@ def _common_row(decoded: Decoded) -> dict:
   }
 
 
+_ERROR_COMMON = ("key", "path", "file_size", "mtime")
+
+
 def error_row(decoded: Decoded, error: tuple[str, str]) -> dict:
-  row = {k: decoded.item.key if k == "key" else v for k, v in _common_row(decoded).items()
-         if k in ("key", "path", "file_size", "mtime")}
+  row = {k: v for k, v in _common_row(decoded).items() if k in _ERROR_COMMON}
   row["reason"], row["message"] = error
   return row
 
@@ -491,17 +496,16 @@ def error_row(decoded: Decoded, error: tuple[str, str]) -> dict:
 # --- committed chunks ------------------------------------------------------
 
 
-def _schemas(class_names):
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
+def _schemas(names):
   common = [("key", pa.string()), ("path", pa.string()), ("file_size", pa.int64()),
             ("mtime", pa.float64())]
   scores = common + [
       ("sop_instance_uid", pa.string()), ("study_instance_uid", pa.string()),
       ("patient_id", pa.string()), ("view", pa.string()), ("laterality", pa.string()),
       ("image_key", pa.uint32())]
-  scores += [(f"log_likelihood_{n}", pa.float64()) for n in class_names]
-  scores += [(f"bits_per_dim_{n}", pa.float64()) for n in class_names]
-  scores += [(f"probability_{n}", pa.float64()) for n in class_names]
+  scores += [(f"log_likelihood_{n}", pa.float64()) for n in names]
+  scores += [(f"bits_per_dim_{n}", pa.float64()) for n in names]
+  scores += [(f"probability_{n}", pa.float64()) for n in names]
   scores += [("prediction", pa.string()), ("nfe", pa.int64()),
              ("ood_score_bits_per_dim", pa.float64()), ("ood", pa.bool_())]
   errors = common + [("reason", pa.string()), ("message", pa.string())]
@@ -518,8 +522,6 @@ def _fsync_dir(path: str) -> None:
 
 def _write_table(table, path: str, fmt: str = "parquet") -> None:
   """Writes a table to `path` through a temporary name, fsynced, renamed."""
-  import pyarrow.csv as pacsv  # pylint: disable=g-import-not-at-top
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
   tmp = os.path.join(os.path.dirname(path), _TMP_PREFIX + os.path.basename(path))
   if fmt == "parquet":
     pq.write_table(table, tmp)
@@ -534,9 +536,9 @@ def _write_table(table, path: str, fmt: str = "parquet") -> None:
 class ChunkWriter:
   """Collects rows and commits them as numbered chunk directories (atomic renames)."""
 
-  def __init__(self, chunk_dir: str, class_names, *, process: int, chunk_size: int):
+  def __init__(self, chunk_dir: str, names, *, process: int, chunk_size: int):
     self.chunk_dir = chunk_dir
-    self.schemas = _schemas(class_names)
+    self.schemas = _schemas(names)
     self.chunk_size = chunk_size
     # Unique per run and process: a rerun never reuses a committed chunk's name.
     self.prefix = f"{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}-p{process:03d}"
@@ -551,7 +553,6 @@ class ChunkWriter:
       self.commit()
 
   def commit(self) -> None:
-    import pyarrow as pa  # pylint: disable=g-import-not-at-top
     if not self.scores and not self.errors:
       return
     name = f"{self.prefix}-{self.sequence:06d}"
@@ -573,11 +574,9 @@ def committed_chunks(chunk_dir: str) -> list[str]:
                 if not n.startswith(_TMP_PREFIX))
 
 
-def read_committed(chunk_dir: str, class_names):
+def read_committed(chunk_dir: str, names):
   """(scores, errors) tables of every committed chunk."""
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-  schemas = _schemas(class_names)
+  schemas = _schemas(names)
   chunks = committed_chunks(chunk_dir)
   tables = []
   for schema, file in zip(schemas, (SCORES_FILE, ERRORS_FILE)):
@@ -686,8 +685,6 @@ def score_archive(trained, inputs: Sequence[str], out_dir: str, *, per_device_ba
 def _merge(trained, items, out_dir, chunk_dir, names, calibration, *, write_csv,
            scored_this_run, seconds, previously_committed) -> dict:
   """Writes the final tables in input order; checks each input is in exactly one."""
-  import pyarrow as pa  # pylint: disable=g-import-not-at-top
-  import pyarrow.compute as pc  # pylint: disable=g-import-not-at-top
   scores, errors = read_committed(chunk_dir, names)
   order = {item.key: i for i, item in enumerate(items)}
   keys = scores.column("key").to_pylist() + errors.column("key").to_pylist()
@@ -766,7 +763,6 @@ def load_model(workdir: str, config=None):
   preprocessing: scoring with another crop, bit depth or laterality rule than
   the model was trained on would silently score different images.
   """
-  from sgc_jax import api  # pylint: disable=g-import-not-at-top
   if config is not None and os.path.exists(os.path.join(workdir, api.CONFIG_FILE)):
     saved = api.read_config(workdir).data
     given = config.data

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import sgc_jax
-from sgc_jax import api, evaluation, trainer
+from sgc_jax import api, evaluation, model_calibration, trainer
 from sgc_jax.data import reader, records
 from tiny import tiny_config
 
@@ -43,6 +43,10 @@ def test_load_gives_the_evaluation_tables_log_likelihoods(trained, loaded):
   with open(os.path.join(workdir, "eval_test", "predictions.csv"), encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   expected = np.asarray([[float(r[f"log_likelihood_{c}"]) for c in range(10)] for r in rows])
+  # What sgc-score applies; uncalibrated here (eval.calibrate off): T = 1, no OOD threshold.
+  stored = model_calibration.load(workdir, "ode")
+  assert (stored.temperature, stored.ood_threshold_bits_per_dim, stored.step) == (1.0, None, 10)
+  np.testing.assert_allclose(np.exp(stored.log_prior), 0.1)
 
   assert loaded.step == 10 and loaded.num_classes == 10
   source = records.data_source(reader.load_builder(loaded.config.data), "test")

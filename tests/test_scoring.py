@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
