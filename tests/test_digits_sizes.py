@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from configs import digits_unet
+from sgc_jax import inputs, models
+from sgc_jax.config_validation import validate_config
 from sgc_jax.data import records
 from sgc_jax.data.builders import digits
 
@@ -18,9 +21,11 @@ def _read(builder, split):
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
-  return {name: {split: _read(records.prepare(digits.Digits, data_dir, config=name), split)
-                 for split in ("train", "test")}
-          for name in (None, "16x16")}
+  builders = {name: records.prepare(digits.Digits, data_dir, config=name)
+              for name in (None, "16x16")}
+  read = {name: {split: _read(b, split) for split in ("train", "test")}
+          for name, b in builders.items()}
+  return {**read, "builders": builders}
 
 
 def test_default_config_keeps_the_released_8x8_records(built):
@@ -50,6 +55,20 @@ def test_16x16_holds_the_same_images_ids_and_labels_upsampled(built):
   test = built["16x16"]["test"]
   np.testing.assert_allclose(test["image"].mean(axis=(1, 2, 3)),
                              built[None]["test"]["image"].mean(axis=(1, 2, 3)), atol=3.0)
+
+
+def test_digits_unet_config_fits_the_16x16_records(built):
+  config = validate_config(digits_unet.get_config(), built["builders"]["16x16"])
+  shape = inputs.image_shape(config, built["builders"]["16x16"])
+  assert shape == (16, 16, 1) and config.data.num_classes == 10
+  model = models.get_model(config.model, config.data.num_classes)
+  variables = jax.eval_shape(lambda: models.init_variables(model, jax.random.PRNGKey(0), shape, 10))
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *shape)), jnp.ones(2),
+                                             jnp.zeros(2, jnp.int32)), variables)
+  assert out.shape == (2, *shape)
+  # The seed's recipe, as configs/mammography.py has it: uniform t, summed eps loss.
+  assert not config.training.likelihood_weighting and not config.training.importance_sampling
+  assert not config.training.reduce_mean and config.training.lr_schedule == "step"
 
 
 def test_bilinear_matrix_rows_are_interpolation_weights():
