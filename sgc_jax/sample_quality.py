@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgc_jax import baseline, sampling
+from sgc_jax import baseline, sampling, sharding
 
 
 def classification_accuracy_score(logits_fn: Callable, images, labels, num_classes: int) -> dict:
@@ -85,7 +85,12 @@ def evaluate(config, workdir: str, score_fn, sde, image_shape, out_dir: str | No
   logits_fn = baseline.load_logits_fn(config, workdir, image_shape)
   if logits_fn is None:
     baseline.train_and_evaluate(config, workdir)
+    # Process 0 saves the CNN; every process reads it back.
+    sharding.barrier("baseline saved")
     logits_fn = baseline.load_logits_fn(config, workdir, image_shape)
+    if logits_fn is None:
+      raise FileNotFoundError(f"{workdir}/baseline/params.msgpack: not found after training the "
+                              "baseline; every process must see the workdir (shared filesystem)")
   results = score_samplers(
       score_fn, sde, logits_fn, num_classes=config.data.num_classes, image_shape=image_shape,
       samplers=tuple(ev.sample_quality_samplers), per_class=ev.sample_quality_per_class,
