@@ -73,11 +73,16 @@ def run_variant(name: str, workdir: str, run: dict, save) -> None:
   config.update_from_flattened_dict(VARIANTS[name])
   run["overrides"] = VARIANTS[name]
   out_dir = os.path.join(workdir, name)
-  start = time.perf_counter()
-  state, model = trainer.train(config, os.path.join(workdir, SHARED_TRAINING.get(name, name)))
-  if name not in SHARED_TRAINING:
+  if name in SHARED_TRAINING:
+    # Restored, not resumed: a resumed run would rewrite the other's config.json.
+    model = None
+    variables = train_state.restore_inference_variables(
+        config, os.path.join(workdir, SHARED_TRAINING[name]))
+  else:
+    start = time.perf_counter()
+    state, model = trainer.train(config, out_dir)
     run.setdefault("train_seconds", time.perf_counter() - start)
-  variables = train_state.inference_variables(state)
+    variables = train_state.inference_variables(state)
   if "ode" not in run:
     ode = evaluation.evaluate(config, out_dir, variables=variables, model=model)
     run["ode"] = {**_summary(ode), "flow_diagnostics": ode["flow_diagnostics"]}
