@@ -10,9 +10,11 @@ likelihood with one Gaussian probe), scaled to fit a CPU: channels
 (16, 32, 64) instead of (32, ..., 512), learning rate 1e-3 instead of 1e-4
 for 50 epochs (2,000 steps), solver tolerance 1e-4 instead of 1e-5, and the
 first 100 test images. `python tools/seed_unet_digits.py` runs it with the
-denoising bound and the CNN baseline; see its results JSON and the README for
-the measured figures (expected: the exact ODE classifies well above chance,
-the bound and the flow diagnostics beside it).
+denoising bound and the CNN baseline. Measured (2-core CPU under load:
+training 6 min, ODE 9 min): the exact ODE classifies only 0.40 (chance 0.10;
+flow diagnostics: 0.40 decision agreement with the bound, centred slope 0.58),
+the same network's denoising bound 0.84, and 0.95 from t = 0.1
+(`--config.eval.estimator=denoising --config.eval.eps=0.1`); the CNN 0.99.
 """
 from configs import mammography
 
