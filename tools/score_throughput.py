@@ -96,10 +96,16 @@ def child(args) -> None:
   from sgc_jax import scoring  # pylint: disable=g-import-not-at-top
   trained = scoring.load_model(args.workdir)
   classes = trained.num_classes
-  # One untimed pass compiles the scorer and starts the forkserver.
-  scoring.score_archive(trained, [args.archive], os.path.join(args.tmp, "warmup"),
-                        per_device_batch=1, decode_workers=1, progress=False)
+  files = sorted(os.path.join(d, f) for d, _, names in os.walk(args.archive) for f in names)
   for batch in (int(b) for b in args.batches.split(",")):
+    # An untimed batch compiles the scorer at this shape (and starts the forkserver).
+    warmup = os.path.join(args.tmp, f"warmup-{jax.device_count()}-{batch}")
+    os.makedirs(warmup)
+    with open(os.path.join(warmup, "inputs.txt"), "w", encoding="utf-8") as f:
+      f.write("\n".join(files[:batch * jax.device_count()]))
+    scoring.score_archive(trained, [os.path.join(warmup, "inputs.txt")],
+                          os.path.join(warmup, "out"), per_device_batch=batch,
+                          decode_workers=1, progress=False)
     for workers in (int(w) for w in args.workers.split(",")):
       out = os.path.join(args.tmp, f"out-{jax.device_count()}-{batch}-{workers}")
       start = time.perf_counter()
