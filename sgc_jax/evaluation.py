@@ -181,6 +181,8 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
     # How recognisable the samples are, beside the sample grid (every process, same result).
     report.update(sample_quality.evaluate(config, workdir, score_fn, sde,
                                           inputs.image_shape(config, builder), out_dir=out_dir))
+  # Every process opens the manager: orbax's constructor waits at a barrier for all of them.
+  step = checkpointing.latest_step(checkpointing.make_manager(workdir))
   if jax.process_index() == 0:
     write_outputs(out_dir, config, scored, calibration, report, score_fn, sde,
                   image_shape=inputs.image_shape(config, builder))
@@ -190,7 +192,7 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
     model_calibration.save(workdir, model_calibration.fit(
         calibration, val_ll, math.prod(inputs.image_shape(config, builder)), config.data,
         estimator=ev.estimator,
-        step=checkpointing.latest_step(checkpointing.make_manager(workdir))))
+        step=step))
   return report
 
 

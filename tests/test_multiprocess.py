@@ -1,5 +1,5 @@
-"""Multi-process evaluation: two CPU processes score a split as one process does."""
-import csv
+"""Multi-process jobs: two CPU processes train and score a split as one process does."""
+import functools
 import json
 import os
 import shutil
@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 from sgc_jax import checkpointing, evaluation, sharding, train_state, trainer
+from sgc_jax.data import reader
+from test_evaluation import read_predictions
 from tiny import tiny_config
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -20,13 +22,33 @@ ROOT = os.path.dirname(TESTS)
 _WORKER = """
 import json, sys
 sys.path[:0] = [{tests!r}, {root!r}]
+import jax
 from tiny import tiny_config
 from sgc_jax import evaluation
+from sgc_jax.data import reader
+# What this process does itself: the images of each split it scores, and
+# whether it writes the outputs.
+scored, wrote = [], []
+real_eval_batches, real_write_outputs = reader.eval_batches, evaluation.write_outputs
+
+def counted_batches(*args, **kwargs):
+  scored.append(0)
+  for batch, n_valid in real_eval_batches(*args, **kwargs):
+    scored[-1] += n_valid
+    yield batch, n_valid
+
+def recorded_write(*args, **kwargs):
+  wrote.append(1)
+  return real_write_outputs(*args, **kwargs)
+
+reader.eval_batches, evaluation.write_outputs = counted_batches, recorded_write
 config = tiny_config({data_dir!r})
 config.eval.max_examples = {max_examples}
+config.eval.num_samples = 0
 report = evaluation.evaluate(config, {workdir!r})
-print("REPORT " + json.dumps({{"accuracy": report["accuracy"], "images": report["images"],
-                              "temperature": report["temperature"]}}))
+print("REPORT " + json.dumps({{
+    "metrics": {{k: report[k] for k in ("accuracy", "images", "temperature")}},
+    "processes": jax.process_count(), "scored": scored, "wrote": len(wrote)}}))
 """
 
 
@@ -40,6 +62,9 @@ state, _ = trainer.train(tiny_config({data_dir!r}, steps=10), {workdir!r})
 params = train_state.inference_variables(state)["params"]
 total = sum(float(np.abs(np.asarray(leaf.addressable_data(0))).sum())
             for leaf in jax.tree.leaves(params))
+if jax.process_index() == 0:   # the raw (not EMA) parameters, for the 1-process comparison
+  np.savez({workdir!r} + "/raw_params.npz",
+           *[np.asarray(leaf.addressable_data(0)) for leaf in jax.tree.leaves(state.params)])
 print("REPORT " + json.dumps({{"step": int(state.step.addressable_data(0)), "total": total,
                               "devices": jax.device_count()}}))
 """
@@ -69,37 +94,37 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _predictions(path):
-  with open(path, encoding="utf-8") as f:
-    rows = list(csv.DictReader(f))
-  ids = [int(r["id"]) for r in rows]
-  ll = np.array([[float(r[f"log_likelihood_{c}"]) for c in range(10)] for r in rows])
-  return ids, ll
-
-
 def test_two_processes_score_a_split_like_one(tmp_path):
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
   config = tiny_config(data_dir, steps=10)
   config.eval.max_examples = 11           # an odd count: the processes get 6 and 5
+  config.eval.num_samples = 0             # samples are not what this test is about (slow on CPU)
   trainer.train(config, workdir)
   single = evaluation.evaluate(config, workdir)
   out = os.path.join(workdir, "eval_test")
-  ids_one, ll_one = _predictions(os.path.join(out, "predictions.csv"))
+  ids_one, _, ll_one = read_predictions(os.path.join(out, "predictions.csv"))
   shutil.rmtree(out)
 
   reports = _run_workers(_WORKER.format(tests=TESTS, root=ROOT, data_dir=data_dir,
                                         workdir=workdir, max_examples=11))
 
-  # Every process returns the whole split's metrics; process 0 alone writes files.
-  assert reports[0] == reports[1]
-  assert reports[0]["images"] == single["images"] == 11
-  np.testing.assert_allclose(reports[0]["temperature"], single["temperature"], rtol=1e-4)
-  ids_two, ll_two = _predictions(os.path.join(out, "predictions.csv"))
+  # One job of two processes: each scores its own share of every split it
+  # passes over (records 0, 2, .. and 1, 3, ..), and process 0 alone writes.
+  assert [r["processes"] for r in reports] == [2, 2]
+  assert len(reports[0]["scored"]) == len(reports[1]["scored"]) >= 2   # test and validation
+  assert set(reports[0]["scored"]) == {6} and set(reports[1]["scored"]) == {5}
+  assert [r["wrote"] for r in reports] == [1, 0]
+  # Every process returns the whole split's metrics.
+  assert reports[0]["metrics"] == reports[1]["metrics"]
+  assert reports[0]["metrics"]["images"] == single["images"] == 11
+  np.testing.assert_allclose(reports[0]["metrics"]["temperature"], single["temperature"],
+                             rtol=1e-4)
+  ids_two, _, ll_two = read_predictions(os.path.join(out, "predictions.csv"))
   assert ids_two == ids_one                # gathered back into record order
   np.testing.assert_allclose(ll_two, ll_one, rtol=1e-5, atol=1e-3)
 
 
-def test_two_processes_train_one_replicated_model(tmp_path):
+def test_two_processes_train_one_replicated_model(tmp_path, monkeypatch):
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
   reports = _run_workers(_TRAIN_WORKER.format(tests=TESTS, root=ROOT, data_dir=data_dir,
                                               workdir=workdir))
@@ -113,6 +138,47 @@ def test_two_processes_train_one_replicated_model(tmp_path):
   total = sum(float(np.abs(np.asarray(leaf)).sum()) for leaf in jax.tree.leaves(restored["params"]))
   np.testing.assert_allclose(total, reports[0]["total"], rtol=1e-6)
   assert "class_gaussian" in restored
+
+  # The job equals one process on the same 4 devices fed the same global
+  # batches: process 0's records then process 1's (each its own shard).
+  real_train_dataset = reader.train_dataset
+  monkeypatch.setattr(reader, "train_dataset", functools.partial(_two_shards, real_train_dataset))
+  state, _ = trainer.train(tiny_config(data_dir, steps=10), str(tmp_path / "one_process"))
+  # The EMA parameters move 1/1000 of the way per step: compare the raw ones too.
+  raw = np.load(os.path.join(workdir, "raw_params.npz"))
+  raw = [raw[f"arr_{i}"] for i in range(len(raw.files))]
+  assert len(raw) == len(jax.tree.leaves(state.params))
+  for a, b in zip(raw, jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-6)
+  for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(train_state.inference_variables(state))):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+class _TwoShards:
+  """Global batches of a 2-process job, read in one process: shard 0's rows, then shard 1's."""
+
+  def __init__(self, shards):
+    self._shards = shards
+
+  def __iter__(self):
+    return self
+
+  def __next__(self):
+    parts = [next(shard) for shard in self._shards]
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+
+  def get_state(self):
+    return {"shards": [shard.get_state() for shard in self._shards]}
+
+  def set_state(self, state):
+    for shard, s in zip(self._shards, state["shards"]):
+      shard.set_state(s)
+
+
+def _two_shards(train_dataset, source, *, batch_size, seed, shard_index, shard_count):
+  assert (shard_index, shard_count) == (0, 1)
+  return _TwoShards([iter(train_dataset(source, batch_size=batch_size // 2, seed=seed,
+                                        shard_index=i, shard_count=2)) for i in range(2)])
 
 
 def test_hand_launched_jobs_must_name_their_process(monkeypatch):
