@@ -5,7 +5,7 @@ import numpy as np
 
 from sgc_jax import models
 from sgc_jax import sde as sde_lib
-from sgc_jax import solvers
+from sgc_jax import exponential_integrator, solvers
 from sgc_jax.likelihood import DIVERGENCES, PROBES
 from sgc_jax.models import class_gaussian
 from sgc_jax.sampling import METHODS as SAMPLERS
@@ -64,8 +64,11 @@ def validate_config(config, builder=None):
            f"must be in [0, 1], got {config.model.class_gaussian_shrinkage}")
 
   _one_of(evaluation.estimator, ESTIMATORS, "eval.estimator")
-  _one_of(evaluation.solver.lower(), solvers.SOLVERS, "eval.solver")
-  _one_of(evaluation.grid, solvers.TIME_GRIDS, "eval.grid")
+  _one_of(evaluation.solver.lower(), (*solvers.SOLVERS, *exponential_integrator.SOLVERS),
+          "eval.solver")
+  _one_of(evaluation.grid, exponential_integrator.GRIDS, "eval.grid")
+  _require(not (evaluation.adaptive and evaluation.solver.lower() in exponential_integrator.SOLVERS),
+           "eval.adaptive", f"{evaluation.solver} steps through a fixed grid: set it to False")
   _one_of(evaluation.divergence, DIVERGENCES, "eval.divergence")
   _one_of(evaluation.probe, PROBES, "eval.probe")
   _one_of(evaluation.prior, PRIORS, "eval.prior")
