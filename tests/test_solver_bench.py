@@ -87,6 +87,8 @@ def test_bench_end_to_end_on_a_tiny_trained_model(tmp_path):
   grid.adaptive.solvers = grid.fixed.solvers = grid.probes.kinds = ()
   grid.expint.solvers, grid.expint.steps = ("expint2",), (4,)
   grid.denoising.samples = (4,)
+  # A fixed-cost reference: an adaptive float64 solve of 64-dim digits takes ~1000 steps.
+  grid.reference.solver, grid.reference.steps = "expint3", 32
   out = str(tmp_path / "bench")
   report = solver_bench.bench(workdir, grid, output=out, num_images=3, log=lambda _: None)
   for name in ("results.json", "results.csv", "work_precision.png", "agreement_vs_nfe.png"):
