@@ -53,13 +53,11 @@ _BISECTION_ITERATIONS = 200
 class Schedule(NamedTuple):
   """Per-step constants of one multistep solve with `num_steps` steps (numpy float64)."""
   ts: np.ndarray          # [N + 1] times eps .. T
-  alphas: np.ndarray      # [N] alpha(t_i) at the evaluation times
-  sigmas: np.ndarray      # [N] sigma(t_i)
+  sigmas: np.ndarray      # [N] sigma(t_i): eps = -sigma s at the evaluation times
   decay: np.ndarray       # [N] alpha_{i+1} / alpha_i
   log_decay: np.ndarray   # [N] log(alpha_{i+1} / alpha_i): the linear drift's divergence per dim
   x_weights: np.ndarray   # [N, k] coefficient of eps_{i-j} in x_{i+1}
   div_weights: np.ndarray  # [N, k] coefficient of div eps_{i-j} in Delta_{i+1}
-  prediction: str = "noise"
 
 
 def order_of(solver: str) -> int:
@@ -126,7 +124,7 @@ def _lagrange_basis(nodes, points):
 
 
 def make_schedule(sde, *, eps: float, T: float, num_steps: int, order: int,
-                  grid: str = "logsnr", prediction: str = "noise") -> Schedule:
+                  grid: str = "logsnr") -> Schedule:
   """The times, decays and exact polynomial weights of an order-`order` multistep solve."""
   if order not in SOLVERS.values():
     raise ValueError(f"order: must be one of {sorted(SOLVERS.values())}, got {order}")
@@ -141,23 +139,17 @@ def make_schedule(sde, *, eps: float, T: float, num_steps: int, order: int,
   points = mids[:, None] + halves[:, None] * gl_x[None, :]          # [N, Q]
   _, sigma_points = _coefficients(sde, _time_of_log_snr(sde, points.ravel(), eps, T))
   sigma_points = sigma_points.reshape(points.shape)
-  alpha_points = np.exp(points) * sigma_points
   x_weights = np.zeros((num_steps, order))
   div_weights = np.zeros((num_steps, order))
   for i in range(num_steps):
     nodes = lams[i::-1][:order]             # lambda_i, lambda_{i-1}, ... (newest first)
     basis = _lagrange_basis(nodes, points[i]) * (halves[i] * gl_w)[None, :]
-    if prediction == "noise":
-      # x_{i+1} gets -alpha_{i+1} int e^(-lambda) P; Delta_{i+1} gets -int sigma(lambda) P.
-      x_weights[i, :len(nodes)] = -alphas[i + 1] * basis @ np.exp(-points[i])
-      div_weights[i, :len(nodes)] = -basis @ sigma_points[i]
-    else:
-      x_weights[i, :len(nodes)] = sigmas[i + 1] * basis @ np.exp(points[i])
-      div_weights[i, :len(nodes)] = basis @ alpha_points[i]
-  scale = alphas if prediction == "noise" else sigmas
-  return Schedule(ts=ts, alphas=alphas[:-1], sigmas=sigmas[:-1], decay=scale[1:] / scale[:-1],
-                  log_decay=np.log(scale[1:]) - np.log(scale[:-1]), x_weights=x_weights,
-                  div_weights=div_weights, prediction=prediction)
+    # x_{i+1} gets -alpha_{i+1} int e^(-lambda) P; Delta_{i+1} gets -int sigma(lambda) P.
+    x_weights[i, :len(nodes)] = -alphas[i + 1] * basis @ np.exp(-points[i])
+    div_weights[i, :len(nodes)] = -basis @ sigma_points[i]
+  return Schedule(ts=ts, sigmas=sigmas[:-1], decay=alphas[1:] / alphas[:-1],
+                  log_decay=np.log(alphas[1:]) - np.log(alphas[:-1]), x_weights=x_weights,
+                  div_weights=div_weights)
 
 
 def solve(score_and_divergence: Callable, x: jax.Array, schedule: Schedule):
@@ -177,21 +169,16 @@ def solve(score_and_divergence: Callable, x: jax.Array, schedule: Schedule):
   dim = x.size
   order = schedule.x_weights.shape[1]
   constants = tuple(jnp.asarray(c, dtype) for c in (
-      schedule.ts[:-1], schedule.alphas, schedule.sigmas, schedule.decay, schedule.log_decay,
+      schedule.ts[:-1], schedule.sigmas, schedule.decay, schedule.log_decay,
       schedule.x_weights, schedule.div_weights))
 
   def step(carry, per_step):
     x_i, delta, eps_history, div_history = carry
-    t, alpha, sigma, decay, log_decay, x_w, div_w = per_step
+    t, sigma, decay, log_decay, x_w, div_w = per_step
     score, div_score = score_and_divergence(t, x_i)
-    if schedule.prediction == "noise":
-      # eps = -sigma s, so div eps = -sigma div s.
-      q, div_q = -sigma * score, -sigma * div_score
-    else:
-      q, div_q = (x_i + sigma**2 * score) / alpha, (dim + sigma**2 * div_score) / alpha
-    # The newest value goes first.
-    eps_history = jnp.concatenate([q[None], eps_history[:-1]])
-    div_history = jnp.concatenate([div_q[None], div_history[:-1]])
+    # eps = -sigma s, so div eps = -sigma div s; the newest value goes first.
+    eps_history = jnp.concatenate([(-sigma * score)[None], eps_history[:-1]])
+    div_history = jnp.concatenate([(-sigma * div_score)[None], div_history[:-1]])
     x_next = decay * x_i + jnp.tensordot(x_w, eps_history, axes=1)
     delta = delta + dim * log_decay + jnp.dot(div_w, div_history)
     return (x_next, delta, eps_history, div_history), None

@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgc_jax import classifier, estimators, exponential_integrator, likelihood, metrics, plots
+from sgc_jax import (api, classifier, estimators, evaluation, exponential_integrator, likelihood,
+                     metrics, plots)
+from sgc_jax.data import records
 
 FAMILIES = ("adaptive", "fixed", "expint", "probes", "denoising")
 
@@ -240,8 +242,6 @@ def bench(workdir: str, grid, *, output: str, split: str = "test", num_images: i
   Images are dequantized, and their probes drawn, from the evaluation's key
   folded with each image's position, as `sgc-evaluate` does.
   """
-  from sgc_jax import api, evaluation  # pylint: disable=g-import-not-at-top
-  from sgc_jax.data import records  # pylint: disable=g-import-not-at-top
   trained = api.load(workdir)
   source = records.data_source(trained.builder, split)
   n = min(num_images, len(source))
