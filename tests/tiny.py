@@ -20,6 +20,9 @@ def tiny_config(data_dir: str, *, model: str = "mlp", steps: int = 20):
   config.training.checkpoint_every = 10
   config.eval.batch_size = 8
   config.eval.max_examples = 8
+  # The end-to-end tests exercise the adaptive Diffrax path; the exponential
+  # integrator has its own tests.
+  config.eval.solver, config.eval.adaptive, config.eval.grid = "tsit5", True, "quadratic"
   config.eval.rtol = config.eval.atol = 1e-2
   config.eval.divergence = "hutchinson"
   config.eval.num_probes = 1
