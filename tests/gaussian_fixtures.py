@@ -8,6 +8,7 @@ is therefore log p_T(x_T) + 1/2 sum log(v_T / v_eps), which includes the small
 mismatch between the SDE's marginal at T and the prior (a plain Gaussian
 density check would wrongly blame that on the solver).
 """
+import jax
 import jax.numpy as jnp
 
 
@@ -37,3 +38,19 @@ class GaussianClasses:
     ratio = jnp.broadcast_to(v_T / v_e, x.shape)
     x_T = a_T * mu + jnp.sqrt(ratio) * (x - a_e * mu)
     return sde.prior_logp(x_T[None])[0] + 0.5 * jnp.sum(jnp.log(ratio))
+
+
+def anisotropic_classes(sde, shape=(3, 3, 1)):
+  """Three classes on tiny images, with per-pixel stds (so Hutchinson probes are noisy)."""
+  dim = shape[0] * shape[1] * shape[2]
+  means = jnp.stack([jnp.full(shape, -0.6), jnp.full(shape, 0.8),
+                     jnp.linspace(-1.0, 1.0, dim).reshape(shape)])
+  return GaussianClasses(sde, means, jnp.linspace(0.3, 0.6, dim).reshape(shape))
+
+
+def sample_images(classes, n, seed=0):
+  """n images drawn from random classes of `classes`; returns (images, labels)."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), 2)
+  y = jax.random.randint(keys[0], (n,), 0, classes.means.shape[0])
+  noise = jax.random.normal(keys[1], (n,) + classes.means.shape[1:])
+  return classes.means[y] + classes.stds * noise, y

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from gaussian_fixtures import GaussianClasses
+from gaussian_fixtures import anisotropic_classes, sample_images
 from sgc_jax import exponential_integrator as ei
 from sgc_jax import likelihood
 from sgc_jax import sde as sde_lib
@@ -15,16 +15,11 @@ EPS = 1e-5
 
 
 def make_classes(sde):
-  means = jnp.stack([jnp.full((H, W, CH), -0.6), jnp.full((H, W, CH), 0.8),
-                     jnp.linspace(-1.0, 1.0, DIM).reshape(H, W, CH)])
-  stds = jnp.linspace(0.3, 0.6, DIM).reshape(H, W, CH)
-  return GaussianClasses(sde, means, stds)
+  return anisotropic_classes(sde, (H, W, CH))
 
 
 def images(classes, n, seed=0):
-  keys = jax.random.split(jax.random.PRNGKey(seed), 2)
-  y = jax.random.randint(keys[0], (n,), 0, classes.means.shape[0])
-  return classes.means[y] + classes.stds * jax.random.normal(keys[1], (n, H, W, CH))
+  return sample_images(classes, n, seed)[0]
 
 
 def test_logsnr_grid_is_even_in_log_snr():

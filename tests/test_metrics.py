@@ -37,6 +37,8 @@ def test_binary_metrics_match_hand_computation():
   # fall in three different bins of width 1/15.
   ece = (5 * abs(1 - 0.82) + 2 * abs(0 - 0.62) + 3 * abs(1 - 0.7)) / 10
   assert result["ece"] == pytest.approx(ece)
+  # Per-class sensitivity: specificity and sensitivity, in class order.
+  assert result.pop("per_class_sensitivity") == pytest.approx([5 / 6, 3 / 4])
   assert all(type(v) is float for v in result.values())
 
 
