@@ -245,3 +245,27 @@ def test_uniform_dequantization_stays_in_its_bin():
   np.testing.assert_array_equal(bins, np.tile(np.asarray(k), 1000))
   centre = likelihood.dequantize(None, k, bit_depth=8, data_range=(-1.0, 1.0))
   np.testing.assert_allclose(centre, -1 + 2 * (np.asarray(k) + 0.5) / 256, rtol=1e-6)
+
+
+def test_seed_unet_divergence_in_forward_mode_equals_the_jacobian_trace():
+  # The divergence differentiates the network in forward mode (JVPs through a
+  # linearisation): every U-Net layer, the max-pool included, must support it.
+  from sgc_jax import models  # pylint: disable=import-outside-toplevel
+  sde = sde_lib.VPSDE()
+  model = models.get_model({"name": "unet", "unet": {"channels": (4, 8, 8)}}, 3, sde)
+  variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1), 3)
+  score_fn = models.make_score_fn(model, variables, sde.marginal_std)
+  x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 1))
+  t, y = jnp.array(0.3), jnp.array(2, jnp.int32)
+  dim = x.size
+  evaluate = likelihood._score_and_divergence(score_fn, sde, y,  # pylint: disable=protected-access
+                                             jnp.eye(dim).reshape(dim, 8, 8, 1), "exact")
+  score, divergence = evaluate(t, x)
+  score_one = lambda z: score_fn(z[None], t[None], y[None])[0]
+  jacobian = jax.jacrev(score_one)(x).reshape(dim, dim)
+  np.testing.assert_allclose(score, score_one(x), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(divergence, jnp.trace(jacobian), rtol=1e-4, atol=1e-4)
+  result = likelihood.class_log_likelihoods(score_fn, sde, x[None], 3, key=jax.random.PRNGKey(2),
+                                            solver="expint3", adaptive=False, num_steps=4,
+                                            grid="logsnr")
+  assert bool(result.success.all())

@@ -90,3 +90,16 @@ def test_max_pool_gradient_goes_to_the_first_maximum_as_in_pytorch():
   x = jnp.asarray([[1.0, 3.0], [3.0, 0.0]]).reshape(1, 2, 2, 1)
   grad = jax.grad(lambda x: layers.max_pool(x, 2).sum())(x)
   np.testing.assert_array_equal(grad.reshape(2, 2), [[0.0, 1.0], [0.0, 0.0]])
+
+
+def test_max_pool_forward_mode_equals_flax_and_transposes_to_its_gradient():
+  # The likelihood's divergence differentiates the U-Net in forward mode.
+  x = _random_like(jnp.zeros((2, 4, 6, 3)), seed=0)
+  tangent = _random_like(x, seed=1)
+  cotangent = _random_like(jnp.zeros((2, 2, 3, 3)), seed=2)
+  out, jv = jax.jvp(lambda x: layers.max_pool(x, 2), (x,), (tangent,))
+  expected = jax.jvp(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2)), (x,), (tangent,))
+  np.testing.assert_array_equal(out, expected[0])
+  np.testing.assert_array_equal(jv, expected[1])
+  (grad,) = jax.vjp(lambda x: layers.max_pool(x, 2), x)[1](cotangent)
+  np.testing.assert_allclose(jnp.sum(cotangent * jv), jnp.sum(grad * tangent), rtol=1e-6)
