@@ -68,17 +68,25 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.split = "test"
   evaluation.estimator = "ode"        # "ode" (probability-flow likelihood) | "denoising" (bound)
   evaluation.batch_size = 32
-  evaluation.solver = "tsit5"
-  evaluation.adaptive = True
-  evaluation.rtol = 1e-5
+  # The log-SNR exponential integrator, 27 fixed steps, one Rademacher probe drawn afresh at
+  # every step. On a 16x16 conv U-Net (tools/likelihood_speed.py, README "Performance") it is
+  # 28x faster than the seed's RK45 path with a 6x smaller error (0.060 against 0.353 bits/dim)
+  # and more decisions equal to the reference; 16 steps leave 0.26 bits/dim of step error.
+  # Fixed steps cost the same for every image, so a batch never waits for its slowest member.
+  # An adaptive Diffrax solver instead: solver="tsit5"|"dopri5", adaptive=True, rtol/atol, and
+  # resample_probes=False (adaptive step control needs one fixed set of probes per solve).
+  evaluation.solver = "expint3"
+  evaluation.adaptive = False
+  evaluation.num_steps = 27           # fixed-step solves
+  evaluation.grid = "logsnr"
+  evaluation.rtol = 1e-5              # adaptive solves (and the samplers' ODE)
   evaluation.atol = 1e-5
-  evaluation.num_steps = 100          # fixed-step solves only
-  evaluation.grid = "quadratic"
   evaluation.eps = 1e-5
   evaluation.max_steps = 4096
   evaluation.divergence = "hutchinson"
   evaluation.probe = "rademacher"
   evaluation.num_probes = 1
+  evaluation.resample_probes = True   # fresh probes at every step (exponential integrators only)
   evaluation.num_time_samples = 64    # denoising estimator (and the flow diagnostics' bound)
   evaluation.flow_diagnostics = True  # ODE runs also score the bound and compare (metrics.json)
   evaluation.prior = "uniform"        # "uniform" | "empirical"

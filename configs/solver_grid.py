@@ -12,7 +12,8 @@ Families (one line each in the plots):
   * expint: the log-SNR exponential integrator (`sgc_jax.exponential_integrator`)
     at each step count;
   * probes: the exact divergence and the Hutchinson estimate (each probe kind
-    x count) on one base setting; the other families use `divergence`;
+    x count x one set per solve or fresh per step) on one base setting; the
+    other families use `divergence`;
   * denoising: the shared-noise denoising bound at each sample count.
 The reference is a float64 solve (Tsit5 at `reference.tol`, or an exponential
 integrator at `reference.steps`) with the exact divergence when the image has at most `reference.max_exact_dims` dimensions,
@@ -43,10 +44,14 @@ def get_config():
       "solvers": ("expint2", "expint3"), "steps": (8, 12, 16, 20, 27, 40), "grid": "logsnr"})
   config.probes = ml_collections.ConfigDict({
       "base_solver": "expint3", "base_steps": 27, "grid": "logsnr",
-      "kinds": ("exact", "rademacher", "gaussian"), "counts": (1, 2, 4, 8)})
+      "kinds": ("exact", "rademacher", "gaussian"), "counts": (1, 2, 4, 8),
+      # One set of probes per solve, and probes drawn afresh at every step (their errors
+      # average out along the path; the base solver must be an exponential integrator).
+      "resample": (False, True)})
   config.denoising = ml_collections.ConfigDict({"samples": (16, 64, 256)})
-  # Throughput against batch size for the recommended settings (item 3).
-  config.batch_sizes = (1, 4, 16, 64)
+  # images * classes / s against the batch size, for the recommended settings and the cheapest
+  # adaptive one: a fixed grid's cost per image stays flat, an adaptive solve's grows.
+  config.batch_sizes = (1, 4, 16, 64, 256)
   # "exact": mean error at most this many bits/dim; "fast": at least this decision agreement.
   config.exact_bits_per_dim = 0.01
   config.fast_agreement = 0.99

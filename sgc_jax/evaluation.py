@@ -46,7 +46,9 @@ def make_class_scorer(config, score_fn, sde, num_classes: int, mesh):
         likelihood.class_log_likelihoods, sde=sde, num_classes=num_classes,
         solver=ev.solver, adaptive=ev.adaptive, rtol=ev.rtol, atol=ev.atol,
         num_steps=ev.num_steps, grid=ev.grid, eps=ev.eps, max_steps=ev.max_steps,
-        divergence=ev.divergence, probe=ev.probe, num_probes=ev.num_probes)
+        divergence=ev.divergence, probe=ev.probe, num_probes=ev.num_probes,
+        # Configs saved before the field existed kept one set of probes per solve.
+        resample_probes=ev.get("resample_probes", False))
   else:
     estimate = functools.partial(
         estimators.denoising_log_likelihoods, sde=sde, num_classes=num_classes,

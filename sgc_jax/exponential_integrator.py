@@ -156,8 +156,10 @@ def solve(score_and_divergence: Callable, x: jax.Array, schedule: Schedule):
   """Integrates the flow and its divergence from x at eps to T for one (image, class).
 
   Args:
-    score_and_divergence: `(t, x) -> (score s(x, t), div_x s)` for this
-      image's class (a divergence estimate is fine: it enters linearly).
+    score_and_divergence: `(t, x, step) -> (score s(x, t), div_x s)` for this
+      image's class at step `step` (0, 1, ...; a divergence estimate is fine:
+      it enters linearly, and with fresh probes at each step the estimates'
+      errors are independent and average out along the path).
     x: the image at t = eps.
     schedule: from `make_schedule`.
 
@@ -168,14 +170,14 @@ def solve(score_and_divergence: Callable, x: jax.Array, schedule: Schedule):
   dtype = x.dtype
   dim = x.size
   order = schedule.x_weights.shape[1]
-  constants = tuple(jnp.asarray(c, dtype) for c in (
+  constants = (jnp.arange(len(schedule.sigmas)),) + tuple(jnp.asarray(c, dtype) for c in (
       schedule.ts[:-1], schedule.sigmas, schedule.decay, schedule.log_decay,
       schedule.x_weights, schedule.div_weights))
 
   def step(carry, per_step):
     x_i, delta, eps_history, div_history = carry
-    t, sigma, decay, log_decay, x_w, div_w = per_step
-    score, div_score = score_and_divergence(t, x_i)
+    index, t, sigma, decay, log_decay, x_w, div_w = per_step
+    score, div_score = score_and_divergence(t, x_i, index)
     # eps = -sigma s, so div eps = -sigma div s; the newest value goes first.
     eps_history = jnp.concatenate([(-sigma * score)[None], eps_history[:-1]])
     div_history = jnp.concatenate([(-sigma * div_score)[None], div_history[:-1]])

@@ -1,25 +1,26 @@
 """`sgc_jax.load`: a trained workdir restored from its saved config scores like `sgc-evaluate`."""
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
 
 import sgc_jax
-from sgc_jax import api, evaluation, model_calibration, trainer
+from sgc_jax import api, evaluation, model_calibration
 from sgc_jax.data import reader, records
-from tiny import tiny_config
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(data_dir, steps=10)
+def trained(trained_tiny_digits, tmp_path_factory):
+  """A copy of the session's tiny run (checkpoints and config only), evaluated on 4 images."""
+  config, source, _, _ = trained_tiny_digits
+  workdir = str(tmp_path_factory.mktemp("run") / "copy")
+  shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("eval_*", "calibration_*"))
+  config = config.copy_and_resolve_references()
   config.eval.num_samples = 0
   config.eval.calibrate = False
   config.eval.max_examples = config.eval.batch_size = 4
-  trainer.train(config, workdir)
   return config, workdir
 
 
@@ -32,7 +33,7 @@ def test_trainer_saves_the_config_it_ran_with(trained):
   config, workdir = trained
   saved = api.read_config(workdir)
   assert saved.model.mlp.hidden == config.model.mlp.hidden == 32
-  assert saved.training.num_steps == 10
+  assert saved.training.num_steps == 20
   assert saved.data.num_classes == 10          # the validated config, dataset facts included
   assert tuple(saved.data.range) == tuple(config.data.range)
 
@@ -45,10 +46,10 @@ def test_load_gives_the_evaluation_tables_log_likelihoods(trained, loaded):
   expected = np.asarray([[float(r[f"log_likelihood_{c}"]) for c in range(10)] for r in rows])
   # What sgc-score applies; uncalibrated here (eval.calibrate off): T = 1, no OOD threshold.
   stored = model_calibration.load(workdir, "ode")
-  assert (stored.temperature, stored.ood_threshold_bits_per_dim, stored.step) == (1.0, None, 10)
+  assert (stored.temperature, stored.ood_threshold_bits_per_dim, stored.step) == (1.0, None, 20)
   np.testing.assert_allclose(np.exp(stored.log_prior), 0.1)
 
-  assert loaded.step == 10 and loaded.num_classes == 10
+  assert loaded.step == 20 and loaded.num_classes == 10
   source = records.data_source(reader.load_builder(loaded.config.data), "test")
   images = np.stack([source[i]["image"] for i in range(len(rows))])
   ids = np.asarray([source[i]["id"] for i in range(len(rows))])

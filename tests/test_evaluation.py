@@ -9,10 +9,9 @@ import jax
 import numpy as np
 import pytest
 
-from sgc_jax import baseline, demo, estimators, evaluation, inputs, models, train_state, trainer
+from sgc_jax import baseline, demo, estimators, evaluation, inputs, models, train_state
 from sgc_jax import sde as sde_lib
 from sgc_jax.data import reader, records
-from tiny import tiny_config
 
 
 def read_predictions(path):
@@ -26,12 +25,8 @@ def read_predictions(path):
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  workdir = str(tmp_path_factory.mktemp("run"))
-  config = tiny_config(data_dir, steps=20)
-  state, model = trainer.train(config, workdir)
-  return config, workdir, state, model
+def trained(trained_tiny_digits):
+  return trained_tiny_digits
 
 
 def test_evaluate_from_checkpoint_writes_metrics_predictions_and_plots(trained):

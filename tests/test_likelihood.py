@@ -260,12 +260,34 @@ def test_seed_unet_divergence_in_forward_mode_equals_the_jacobian_trace():
   dim = x.size
   evaluate = likelihood._score_and_divergence(score_fn, sde, y,  # pylint: disable=protected-access
                                              jnp.eye(dim).reshape(dim, 8, 8, 1), "exact")
-  score, divergence = evaluate(t, x)
+  score, divergence = jax.jit(evaluate)(t, x)
   score_one = lambda z: score_fn(z[None], t[None], y[None])[0]
-  jacobian = jax.jacrev(score_one)(x).reshape(dim, dim)
+  jacobian = jax.jit(jax.jacrev(score_one))(x).reshape(dim, dim)
   np.testing.assert_allclose(score, score_one(x), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(divergence, jnp.trace(jacobian), rtol=1e-4, atol=1e-4)
-  result = likelihood.class_log_likelihoods(score_fn, sde, x[None], 3, key=jax.random.PRNGKey(2),
-                                            solver="expint3", adaptive=False, num_steps=4,
-                                            grid="logsnr")
-  assert bool(result.success.all())
+
+
+def test_fresh_probes_per_step_average_out_along_the_path_and_stay_batch_independent():
+  # One probe for the whole path integrates that probe's error over all of it;
+  # fresh probes at each of N steps make the steps' errors independent, so the
+  # integrated error shrinks (by up to sqrt(N) for equal steps).
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  x, _ = images(classes, 16, seed=7)
+  exact = np.asarray(exact_table(classes, x))
+  keys = _per_image_keys(np.arange(16))
+  # Gaussian probes: Rademacher ones are exact on these classes' diagonal Jacobians.
+  fixed_steps = dict(solver="expint3", adaptive=False, num_steps=32, grid="logsnr",
+                     probe="gaussian")
+  errors = {}
+  for resample in (False, True):
+    result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=keys,
+                                              resample_probes=resample, **fixed_steps)
+    errors[resample] = np.sqrt(np.mean((np.asarray(result.log_likelihood) - exact) ** 2))
+  assert errors[True] < 0.5 * errors[False], errors
+  alone = likelihood.class_log_likelihoods(classes.score, sde, x[5:6], 3, key=keys[5:6],
+                                           resample_probes=True, **fixed_steps)
+  np.testing.assert_allclose(result.log_likelihood[5], alone.log_likelihood[0], rtol=1e-6,
+                             atol=1e-5)
+  with pytest.raises(ValueError, match="resample_probes: needs an exponential integrator"):
+    likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=keys, resample_probes=True)

@@ -10,9 +10,8 @@ import pytest
 
 from configs import solver_grid
 from gaussian_fixtures import GaussianClasses
-from sgc_jax import solver_bench, trainer
+from sgc_jax import solver_bench
 from sgc_jax import sde as sde_lib
-from tiny import tiny_config
 
 
 def tiny_grid():
@@ -27,7 +26,7 @@ def tiny_grid():
                                            "grid": "logsnr"})
   grid.probes = ml_collections.ConfigDict({"base_solver": "expint2", "base_steps": 48,
                                            "grid": "logsnr", "kinds": ("gaussian",),
-                                           "counts": (1,)})
+                                           "counts": (1,), "resample": (False, True)})
   grid.denoising = ml_collections.ConfigDict({"samples": (8,)})
   grid.batch_sizes = (1, 2)
   return grid
@@ -48,7 +47,7 @@ def gaussian_report():
 
 def test_grid_rows_and_reference_against_itself(gaussian_report):
   names = [r["name"] for r in gaussian_report["rows"]]
-  assert len(names) == len(solver_bench.settings(tiny_grid())) == 8
+  assert len(names) == len(solver_bench.settings(tiny_grid())) == 9
   assert gaussian_report["reference"].startswith("tsit5") and "exact" in gaussian_report["reference"]
   ref = gaussian_report["reference_metrics"]
   assert ref["mean_abs_dlogp"] == 0.0 and ref["agreement"] == 1.0
@@ -79,9 +78,8 @@ def test_pareto_front_and_recommendations_on_hand_made_rows():
   assert solver_bench.recommend(rows, grid) == {"exact": "b", "fast": "d"}
 
 
-def test_bench_end_to_end_on_a_tiny_trained_model(tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
-  trainer.train(tiny_config(data_dir, steps=10), workdir)
+def test_bench_end_to_end_on_a_tiny_trained_model(trained_tiny_digits, tmp_path):
+  workdir = trained_tiny_digits[1]              # read only: the bench writes to `out`
   grid = tiny_grid()
   # Two settings keep it quick: the Gaussian report above covers the families.
   grid.adaptive.solvers = grid.fixed.solvers = grid.probes.kinds = ()

@@ -23,6 +23,7 @@ def tiny_config(data_dir: str, *, model: str = "mlp", steps: int = 20):
   # The end-to-end tests exercise the adaptive Diffrax path; the exponential
   # integrator has its own tests.
   config.eval.solver, config.eval.adaptive, config.eval.grid = "tsit5", True, "quadratic"
+  config.eval.resample_probes = False    # one set of probes per adaptive solve
   config.eval.rtol = config.eval.atol = 1e-2
   config.eval.divergence = "hutchinson"
   config.eval.num_probes = 1
