@@ -69,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.estimator = "ode"        # "ode" (probability-flow likelihood) | "denoising" (bound)
   evaluation.batch_size = 32
   # The log-SNR exponential integrator, 27 fixed steps, one Rademacher probe drawn afresh at
-  # every step. On a 16x16 conv U-Net (tools/likelihood_speed.py, README "Performance") it is
+  # every step. On a 16x16 conv U-Net (tools/likelihood_speed.py, README "Likelihood cost") it is
   # 28x faster than the seed's RK45 path with a 6x smaller error (0.060 against 0.353 bits/dim)
   # and more decisions equal to the reference; 16 steps leave 0.26 bits/dim of step error.
   # Fixed steps cost the same for every image, so a batch never waits for its slowest member.

@@ -1,8 +1,12 @@
 """Likelihood scoring speed: the engine against the seed's path, side by side, on 2 networks.
 
     sgc-demo --workdir /tmp/demo                                  # or sgc-train configs/digits.py
-    flock /tmp/sgc_bench.lock python tools/likelihood_speed.py --workdir /tmp/demo
-    # ~20 min on 2 CPU cores; writes tools/results/likelihood_speed.json
+    flock /tmp/sgc_bench.lock python tools/likelihood_speed.py --workdir /tmp/demo \
+        --models mlp --steps 8,12,16,27,32 --out tools/results/likelihood_speed_mlp.json
+    flock /tmp/sgc_bench.lock python tools/likelihood_speed.py --workdir /tmp/demo \
+        --models unet --steps 8,16,27 --fixed_probe_counts 1 --fresh_probe_counts 1,4 \
+        --max_adaptive_batch 16 --out tools/results/likelihood_speed_unet.json
+    # about 10 and 25 minutes on 2 idle CPU cores; README "Likelihood cost ..." shows them
 
 Two score networks, each on the same --images test images and all 10 classes:
   * "mlp": the trained demo model of --workdir (8x8 digits);
