@@ -123,17 +123,24 @@ def test_per_image_probes_are_batch_independent_and_differ_between_images():
   np.testing.assert_allclose(shared.log_likelihood[1], shared.log_likelihood[3], rtol=1e-6)
 
 
-def test_more_probes_average_out_the_hutchinson_error():
+def _errors_against_closed_form(num_images, seed, variants):
+  """(x, per-image keys, {name: (result, RMS error in nats)}) of each variant's options."""
   sde = sde_lib.VPSDE()
   classes = make_classes(sde)
-  x, _ = images(classes, 8, seed=6)
+  x, _ = images(classes, num_images, seed=seed)
   exact = np.asarray(exact_table(classes, x))
-  keys = _per_image_keys(np.arange(8))
-  errors = {}
-  for k in (1, 16):
-    result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=keys,
-                                              probe="gaussian", num_probes=k)
-    errors[k] = np.sqrt(np.mean((np.asarray(result.log_likelihood) - exact) ** 2))
+  keys = _per_image_keys(np.arange(num_images))
+  out = {}
+  for name, options in variants.items():
+    result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=keys, **options)
+    out[name] = result, np.sqrt(np.mean((np.asarray(result.log_likelihood) - exact) ** 2))
+  return x, keys, out
+
+
+def test_more_probes_average_out_the_hutchinson_error():
+  _, _, out = _errors_against_closed_form(8, 6, {k: dict(probe="gaussian", num_probes=k)
+                                                 for k in (1, 16)})
+  errors = {k: error for k, (_, error) in out.items()}
   # The standard error falls as 1/sqrt(K): 4x fewer nats at K = 16, within noise.
   assert errors[16] < 0.5 * errors[1], errors
 
@@ -271,20 +278,16 @@ def test_fresh_probes_per_step_average_out_along_the_path_and_stay_batch_indepen
   # One probe for the whole path integrates that probe's error over all of it;
   # fresh probes at each of N steps make the steps' errors independent, so the
   # integrated error shrinks (by up to sqrt(N) for equal steps).
-  sde = sde_lib.VPSDE()
-  classes = make_classes(sde)
-  x, _ = images(classes, 16, seed=7)
-  exact = np.asarray(exact_table(classes, x))
-  keys = _per_image_keys(np.arange(16))
   # Gaussian probes: Rademacher ones are exact on these classes' diagonal Jacobians.
   fixed_steps = dict(solver="expint3", adaptive=False, num_steps=32, grid="logsnr",
                      probe="gaussian")
-  errors = {}
-  for resample in (False, True):
-    result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=keys,
-                                              resample_probes=resample, **fixed_steps)
-    errors[resample] = np.sqrt(np.mean((np.asarray(result.log_likelihood) - exact) ** 2))
+  x, keys, out = _errors_against_closed_form(
+      16, 7, {resample: dict(resample_probes=resample, **fixed_steps) for resample in (False, True)})
+  errors = {resample: error for resample, (_, error) in out.items()}
   assert errors[True] < 0.5 * errors[False], errors
+  sde = sde_lib.VPSDE()
+  classes = make_classes(sde)
+  result = out[True][0]
   alone = likelihood.class_log_likelihoods(classes.score, sde, x[5:6], 3, key=keys[5:6],
                                            resample_probes=True, **fixed_steps)
   np.testing.assert_allclose(result.log_likelihood[5], alone.log_likelihood[0], rtol=1e-6,
