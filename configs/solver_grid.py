@@ -50,7 +50,8 @@ def get_config():
       "resample": (False, True)})
   config.denoising = ml_collections.ConfigDict({"samples": (16, 64, 256)})
   # images * classes / s against the batch size, for the recommended settings and the cheapest
-  # adaptive one: a fixed grid's cost per image stays flat, an adaptive solve's grows.
+  # adaptive one: a fixed grid's cost per image stays flat, an adaptive solve's can grow (the
+  # batch waits for its slowest member).
   config.batch_sizes = (1, 4, 16, 64, 256)
   # "exact": mean error at most this many bits/dim; "fast": at least this decision agreement.
   config.exact_bits_per_dim = 0.01

@@ -214,9 +214,10 @@ def class_log_likelihoods(
     resample_probes: draw the Hutchinson probes afresh at every step
       (exponential integrators only): the steps' estimation errors are then
       independent and average out along the path, instead of one probe's error
-      being integrated over all of it (3.8x less error with one probe on
-      the digits MLP at 27 steps: README, "Likelihood cost"). Adaptive solvers need a deterministic vector field, so
-      they keep one set of probes for the whole solve.
+      being integrated over all of it (3.8x less error with one probe on the
+      digits MLP at 27 steps: README, "Likelihood cost"). Adaptive solvers
+      need a deterministic vector field, so they keep one set of probes for
+      the whole solve.
     dtype: float32, or float64 (requires `jax.config.update("jax_enable_x64", True)`).
 
   Returns:

@@ -261,8 +261,8 @@ def bench(workdir: str, grid, *, output: str, split: str = "test", num_images: i
   report.update(workdir=os.path.abspath(workdir), split=split, step=trained.step)
   by_name = {r["name"]: r for r in report["rows"]}
   report["throughput"] = {}
-  # The recommended settings, and the cheapest adaptive one, whose per-image cost grows with
-  # the batch (a vmapped adaptive solve runs until its slowest member is done).
+  # The recommended settings, and the cheapest adaptive one for contrast: a vmapped adaptive
+  # solve runs until its slowest member is done, so its per-image cost can grow with the batch.
   adaptive = [r for r in report["rows"] if r["family"] == "adaptive" and r["failed"] == 0]
   contrast = [min(adaptive, key=lambda r: r["seconds"])["name"]] if adaptive else []
   for name in dict.fromkeys(list(report["recommended"].values()) + contrast):

@@ -124,7 +124,7 @@ def test_per_image_probes_are_batch_independent_and_differ_between_images():
 
 
 def _errors_against_closed_form(num_images, seed, variants):
-  """(x, per-image keys, {name: (result, RMS error in nats)}) of each variant's options."""
+  """(classes, x, per-image keys, {name: (result, RMS error in nats)}) of each variant."""
   sde = sde_lib.VPSDE()
   classes = make_classes(sde)
   x, _ = images(classes, num_images, seed=seed)
@@ -134,11 +134,11 @@ def _errors_against_closed_form(num_images, seed, variants):
   for name, options in variants.items():
     result = likelihood.class_log_likelihoods(classes.score, sde, x, 3, key=keys, **options)
     out[name] = result, np.sqrt(np.mean((np.asarray(result.log_likelihood) - exact) ** 2))
-  return x, keys, out
+  return classes, x, keys, out
 
 
 def test_more_probes_average_out_the_hutchinson_error():
-  _, _, out = _errors_against_closed_form(8, 6, {k: dict(probe="gaussian", num_probes=k)
+  _, _, _, out = _errors_against_closed_form(8, 6, {k: dict(probe="gaussian", num_probes=k)
                                                  for k in (1, 16)})
   errors = {k: error for k, (_, error) in out.items()}
   # The standard error falls as 1/sqrt(K): 4x fewer nats at K = 16, within noise.
@@ -281,13 +281,11 @@ def test_fresh_probes_per_step_average_out_along_the_path_and_stay_batch_indepen
   # Gaussian probes: Rademacher ones are exact on these classes' diagonal Jacobians.
   fixed_steps = dict(solver="expint3", adaptive=False, num_steps=32, grid="logsnr",
                      probe="gaussian")
-  x, keys, out = _errors_against_closed_form(
+  classes, x, keys, out = _errors_against_closed_form(
       16, 7, {resample: dict(resample_probes=resample, **fixed_steps) for resample in (False, True)})
   errors = {resample: error for resample, (_, error) in out.items()}
   assert errors[True] < 0.5 * errors[False], errors
-  sde = sde_lib.VPSDE()
-  classes = make_classes(sde)
-  result = out[True][0]
+  sde, result = classes.sde, out[True][0]
   alone = likelihood.class_log_likelihoods(classes.score, sde, x[5:6], 3, key=keys[5:6],
                                            resample_probes=True, **fixed_steps)
   np.testing.assert_allclose(result.log_likelihood[5], alone.log_likelihood[0], rtol=1e-6,
