@@ -6,51 +6,25 @@
     result.log_likelihood                         # [B, classes] log p(x|y), nats
     trained.score_fn(x, t, y)                     # the score network itself
 
-What notebooks, `sgc-score` and the benchmarks call instead of reassembling
-the config, the checkpoint restore and the score function by hand. The
-trainer writes the run's config to `WORKDIR/config.json`; `load` reads it back
-unless a config is given.
+The one way every CLI, tool and test gets a trained model: the run's config
+is read once, one checkpoint manager restores the latest step, and what the
+model scores comes from the run directory's `model_spec.json`, so no
+training records are needed (`sgc_jax.run_dir`).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
-import os
 from typing import Any, Callable
 
 import jax
 import ml_collections
 import numpy as np
 
-from sgc_jax import checkpointing, evaluation, likelihood, models, sharding, train_state
+from sgc_jax import checkpointing, likelihood, models, run_dir, scorer, sharding, train_state
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
-
-CONFIG_FILE = "config.json"
-
-
-def write_config(config, workdir: str) -> None:
-  """Writes `config` to `workdir/config.json` (atomically: a reader never sees half a file)."""
-  os.makedirs(workdir, exist_ok=True)
-  path = os.path.join(workdir, CONFIG_FILE)
-  with open(path + ".tmp", "w", encoding="utf-8") as f:
-    f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-  os.replace(path + ".tmp", path)
-
-
-def read_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a training run saved in `workdir` (see `write_config`)."""
-  path = os.path.join(workdir, CONFIG_FILE)
-  if not os.path.exists(path):
-    raise FileNotFoundError(f"--workdir: no {CONFIG_FILE} in {workdir} (written by sgc-train); "
-                            "pass the run's config explicitly (--config)")
-  with open(path, encoding="utf-8") as f:
-    try:
-      return ml_collections.ConfigDict(json.load(f))
-    except json.JSONDecodeError as e:
-      raise ValueError(f"{path}: not valid JSON ({e})") from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,11 +35,11 @@ class TrainedModel:
   variables: dict                    # inference variables (EMA params, BatchNorm stats, ...)
   sde: Any
   score_fn: Callable                 # score_fn(x [B,H,W,C], t [B], y [B]) -> score
-  step: int                          # the checkpoint's training step
+  step: int | None                   # the checkpoint's training step (None: never checkpointed)
   workdir: str
-  builder: Any                       # the TFDS builder the model was trained on
+  spec: run_dir.ModelSpec            # image shape and dtype, classes, preprocessing
   mesh: Any                          # the local devices the scorer shards over
-  scorer: Callable                   # evaluation.make_class_scorer's scorer(x, ids, key)
+  scorer: Callable                   # scorer.make_class_scorer's scorer(x, ids, key)
   prepare: Callable                  # prepare(key, ids, records) -> dequantized inputs
 
   @property
@@ -75,7 +49,19 @@ class TrainedModel:
   @property
   def image_shape(self) -> tuple[int, int, int]:
     """(H, W, C) of the stored records (C before channel replication)."""
-    return tuple(self.builder.info.features["image"].shape)
+    return self.spec.image_shape
+
+  @functools.cached_property
+  def builder(self):
+    """The TFDS builder of the training records (needs them; scoring needs only `spec`)."""
+    return reader.load_builder(self.config.data)
+
+  @functools.cached_property
+  def identity(self) -> run_dir.CheckpointIdentity:
+    """Which model this is: step, variables' hash, config's hash (what scoring records)."""
+    return run_dir.CheckpointIdentity(step=self.step,
+                                      variables_hash=run_dir.variables_hash(self.variables),
+                                      config_hash=run_dir.config_hash(self.config))
 
   def log_likelihoods(self, images, ids=None, key=None) -> likelihood.LikelihoodResult:
     """log p(x|y) for integer records [B, H, W, C] and every class, as `sgc-evaluate` does.
@@ -107,28 +93,53 @@ class TrainedModel:
     return likelihood.LikelihoodResult(*(np.asarray(v)[:n] for v in result))
 
 
+def from_variables(config, variables: dict, *, spec: run_dir.ModelSpec, workdir: str,
+                   step: int | None, mesh, model=None) -> TrainedModel:
+  """A `TrainedModel` of in-memory `variables` (a validated `config`; `model` rebuilt if None).
+
+  What `load` returns after its restore, and what the trainer's evaluation
+  scores without a round trip through the checkpoint.
+  """
+  sde = sde_lib.from_config(config.sde)
+  if model is None:
+    model = models.get_model(config.model, config.data.num_classes, sde)
+  score_fn = models.make_score_fn(model, variables, sde.marginal_std)
+  return TrainedModel(
+      config=config, model=model, variables=variables, sde=sde, score_fn=score_fn, step=step,
+      workdir=workdir, spec=spec, mesh=mesh,
+      scorer=scorer.make_class_scorer(config, score_fn, sde, config.data.num_classes, mesh),
+      prepare=jax.jit(functools.partial(scorer.per_image_inputs, config=config)))
+
+
 def load(workdir: str, config=None, *, mesh=None) -> TrainedModel:
   """Restores the latest checkpoint of a training `workdir`.
 
   Args:
-    workdir: a `sgc-train` workdir.
-    config: the run's config; default the `config.json` the trainer saved there.
-      Its `eval` block sets how `log_likelihoods` scores (estimator, solver, ...).
+    workdir: a `sgc-train` (or `sgc-import-seed`) workdir.
+    config: the run's config; default the `config.json` saved there. Only its
+      `eval` block (estimator, solver, tolerances, ...) may differ from the
+      saved one: a config that builds another model, or reads other records,
+      is refused naming the first differing field.
     mesh: the devices to score on; default this process's local devices.
   """
   sharding.maybe_initialize_distributed()
-  config = read_config(workdir) if config is None else config
+  if config is None:
+    config = run_dir.read_config(workdir)
+  elif run_dir.has_config(workdir):
+    run_dir.check_same_run(config, run_dir.read_config(workdir), workdir)
   mesh = mesh or sharding.make_mesh(jax.local_devices())
-  builder = reader.load_builder(config.data)
-  config = validate_config(config, builder)
+  manager = checkpointing.make_manager(workdir)
+  # Before the spec: a workdir without checkpoints is named before any records are looked for.
+  step = train_state.latest_checkpoint(manager)
+  spec = run_dir.read_model_spec(workdir)
+  if spec is None:
+    # A run saved before specs were stored: its records say what the model scores.
+    spec = run_dir.ModelSpec.from_builder(reader.load_builder(config.data), config.data)
+  config = validate_config(config, spec=spec)
   sde = sde_lib.from_config(config.sde)
   model = models.get_model(config.model, config.data.num_classes, sde)
-  variables = train_state.restore_inference_variables(config, workdir, mesh=mesh)
-  step = checkpointing.latest_step(checkpointing.make_manager(workdir))
-  score_fn = models.make_score_fn(model, variables, sde.marginal_std)
-  scorer = evaluation.make_class_scorer(config, score_fn, sde, config.data.num_classes, mesh)
-  return TrainedModel(config=config, model=model, variables=variables, sde=sde,
-                      score_fn=score_fn, step=int(step), workdir=workdir, builder=builder,
-                      mesh=mesh, scorer=scorer,
-                      prepare=jax.jit(functools.partial(evaluation.per_image_inputs,
-                                                        config=config)))
+  variables, step = train_state.restore_inference_variables(
+      manager, model, spec.input_shape(config.data.num_channels), config.data.num_classes,
+      mesh=mesh, step=step)
+  return from_variables(config, variables, spec=spec, workdir=workdir, step=step, mesh=mesh,
+                        model=model)

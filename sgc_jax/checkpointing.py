@@ -55,6 +55,22 @@ def restore(manager: ocp.CheckpointManager, abstract_state: Any, step: int | Non
   return restored["state"], (restored["data"] if "data" in items else None)
 
 
+def restore_saved(manager: ocp.CheckpointManager, step: int, sharding) -> dict:
+  """The state saved at `step` as nested dicts and lists, every array placed with `sharding`.
+
+  The target is the checkpoint's own tree (from its metadata), so no model or
+  optimizer has to be rebuilt to shape it: what scoring restores without
+  knowing how the run was trained.
+  """
+  saved = manager.item_metadata(step)["state"]
+  tree = getattr(saved, "tree", saved)
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=sharding),
+                          tree)
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+      abstract)))
+  return restored["state"]
+
+
 def _leaf_paths(tree: Any) -> set[str]:
   def name(key):
     for attr in ("key", "name", "idx"):
@@ -66,21 +82,25 @@ def _leaf_paths(tree: Any) -> set[str]:
 
 
 def _check_structure(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> None:
-  """Raises a short, specific error when the checkpoint holds a different model.
-
-  Orbax's own message dumps both trees in full; this names the step, a few
-  differing entries, and the usual cause.
-  """
+  """Raises a short, specific error when the checkpoint holds a different model."""
   metadata = manager.item_metadata(step)
   saved = metadata.get("state") if metadata is not None else None
-  if saved is None:
-    return
-  stored, wanted = _leaf_paths(saved), _leaf_paths(abstract_state)
+  if saved is not None:
+    check_same_structure(f"{manager.directory}/{step}", saved, abstract_state)
+
+
+def check_same_structure(where: str, saved: Any, wanted: Any) -> None:
+  """Raises naming a few differing entries when the trees `saved` and `wanted` differ.
+
+  Orbax's own message dumps both trees in full; this names `where`, a few
+  differing entries, and the usual cause.
+  """
+  stored, wanted = _leaf_paths(saved), _leaf_paths(wanted)
   if stored == wanted:
     return
   missing, unexpected = sorted(wanted - stored), sorted(stored - wanted)
   raise ValueError(
-      f"{manager.directory}/{step}: the checkpoint holds a different model than the config "
+      f"{where}: the checkpoint holds a different model than the config "
       f"builds (config lacks {len(unexpected)} saved entries, e.g. {unexpected[:3]}; checkpoint "
       f"lacks {len(missing)} expected ones, e.g. {missing[:3]}). Check model.name, its "
       "architecture fields and model.class_gaussian against the run that trained it.")

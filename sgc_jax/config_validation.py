@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgc_jax import models
+from sgc_jax import models, run_dir
+from sgc_jax.scorer import ESTIMATORS
 from sgc_jax import sde as sde_lib
 from sgc_jax import exponential_integrator, solvers
 from sgc_jax.likelihood import DIVERGENCES, PROBES
@@ -11,7 +12,6 @@ from sgc_jax.models import class_gaussian
 from sgc_jax.sampling import METHODS as SAMPLERS
 
 LR_SCHEDULES = ("constant", "step", "cosine")
-ESTIMATORS = ("ode", "denoising")
 PRIORS = ("uniform", "empirical")
 _BIT_DEPTHS = {np.dtype(np.uint8): (8,), np.dtype(np.uint16): (10, 12, 14, 16)}
 
@@ -25,10 +25,11 @@ def _one_of(value, options, field: str) -> None:
   _require(value in options, field, f"{value!r} is not one of {list(options)}")
 
 
-def validate_config(config, builder=None):
-  """Validates `config` (and its fit to the dataset `builder`, if given).
+def validate_config(config, builder=None, *, spec=None):
+  """Validates `config`, and its fit to the records: the dataset `builder` or a run's `spec`.
 
-  Returns a copy with `data.num_classes` filled in from the dataset.
+  `builder` also checks `eval.split`; `spec` (a `run_dir.ModelSpec`) needs no
+  records. Returns a copy with `data.num_classes` filled in from either.
   """
   config = config.copy_and_resolve_references()
   data, training, evaluation = config.data, config.training, config.eval
@@ -86,18 +87,19 @@ def validate_config(config, builder=None):
            "fixed vector field")
 
   if builder is not None:
-    feature = builder.info.features["image"]
-    dtype = np.dtype(feature.np_dtype)
+    _one_of(evaluation.split, list(builder.info.splits), "eval.split")
+    spec = run_dir.ModelSpec.from_builder(builder, data)
+  if spec is not None:
+    dtype = np.dtype(spec.image_dtype)
     _require(data.bit_depth in _BIT_DEPTHS.get(dtype, ()), "data.bit_depth",
-             f"{data.bit_depth} does not fit the {dtype} records of {builder.name}")
-    stored_channels = feature.shape[-1]
+             f"{data.bit_depth} does not fit the {dtype} records of {spec.dataset}")
+    stored_channels = spec.image_shape[-1]
     _require(data.num_channels % stored_channels == 0, "data.num_channels",
              f"{data.num_channels} is not a multiple of the stored {stored_channels} channel(s)")
-    _one_of(evaluation.split, list(builder.info.splits), "eval.split")
-    dim = int(np.prod(feature.shape[:-1])) * data.num_channels
+    dim = int(np.prod(spec.image_shape[:-1])) * data.num_channels
     _require(config.model.class_gaussian != "full" or dim <= class_gaussian.MAX_FULL_DIM,
              "model.class_gaussian", f"'full' needs D <= {class_gaussian.MAX_FULL_DIM} pixel "
              f"values, the model inputs have {dim}; use 'diagonal'")
     with config.unlocked():
-      config.data.num_classes = builder.info.features["label"].num_classes
+      config.data.num_classes = spec.num_classes
   return config

@@ -23,56 +23,12 @@ import numpy as np
 import tqdm
 from jax.sharding import PartitionSpec as P
 
-from sgc_jax import (checkpointing, classifier, estimators, flow_diagnostics, inputs, likelihood,
-                     metrics, model_calibration, models, plots, sampling, sharding, train_state)
+from sgc_jax import (api, classifier, flow_diagnostics, inputs, likelihood, metrics,
+                     model_calibration, plots, run_dir, sampling, sharding)
 from sgc_jax import sample_quality
-from sgc_jax import sde as sde_lib
+from sgc_jax import scorer as scorer_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader, records
-
-
-def make_class_scorer(config, score_fn, sde, num_classes: int, mesh):
-  """Returns scorer(x [B,H,W,C], ids [B], key) -> LikelihoodResult, sharded over `mesh`.
-
-  The configured estimator ("ode" or "denoising") runs independently on each
-  device's slice of the batch. The ODE's Hutchinson probes of an image are
-  drawn from `key` folded with its id (the same for all of its classes), so
-  they vary between images, and never depend on the batch; the denoising
-  estimator shares its (t, z) draws across all images already.
-  """
-  ev = config.eval
-  if ev.estimator == "ode":
-    estimate = functools.partial(
-        likelihood.class_log_likelihoods, sde=sde, num_classes=num_classes,
-        solver=ev.solver, adaptive=ev.adaptive, rtol=ev.rtol, atol=ev.atol,
-        num_steps=ev.num_steps, grid=ev.grid, eps=ev.eps, max_steps=ev.max_steps,
-        divergence=ev.divergence, probe=ev.probe, num_probes=ev.num_probes,
-        # Configs saved before the field existed kept one set of probes per solve.
-        resample_probes=ev.get("resample_probes", False))
-  else:
-    estimate = functools.partial(
-        estimators.denoising_log_likelihoods, sde=sde, num_classes=num_classes,
-        num_time_samples=ev.num_time_samples, eps=ev.eps)
-
-  def per_device(score_fn, x, ids, key):
-    if ev.estimator == "ode":
-      key = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids.astype(jnp.uint32))
-    return estimate(score_fn, x=x, key=key)
-
-  data = P(sharding.DATA_AXIS)
-  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), data, data, P()),
-                                  out_specs=data, check_vma=False))
-  return lambda x, ids, key: sharded(score_fn, x, ids, key)
-
-
-def per_image_inputs(key, ids, images, config):
-  """Integer records [B,H,W,C] -> model inputs, each dequantized with `key` folded with its id.
-
-  One dequantization key per image id: an image's input never depends on its
-  position in the batch.
-  """
-  keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids.astype(jnp.uint32))
-  return jax.vmap(lambda k, img: inputs.model_inputs(k, img[None], config)[0])(keys, images)
 
 
 def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: int = 0):
@@ -91,7 +47,7 @@ def score_source(config, scorer, source, *, mesh, key, desc: str, max_examples: 
   deq_key, probe_key = jax.random.split(key)
   fields = ("image", "label", "id") if "id" in source[0] else ("image", "label")
   out = {"log_likelihood": [], "nfe": [], "success": [], "label": [], "id": []}
-  prepare = jax.jit(functools.partial(per_image_inputs, config=config))
+  prepare = jax.jit(functools.partial(scorer_lib.per_image_inputs, config=config))
   start = time.perf_counter()
   done = 0
   with tqdm.tqdm(total=len(positions), desc=desc, unit="img", disable=process != 0,
@@ -142,17 +98,17 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
   mesh = mesh or sharding.make_mesh(jax.local_devices())
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
+  if variables is None:
+    trained = api.load(workdir, config, mesh=mesh)
+  else:
+    trained = api.from_variables(config, sharding.replicate_locally(variables, mesh),
+                                 spec=run_dir.ModelSpec.from_builder(builder, config.data),
+                                 workdir=workdir, step=run_dir.latest_step(workdir), mesh=mesh,
+                                 model=model)
+  config, score_fn, sde, scorer, step = (trained.config, trained.score_fn, trained.sde,
+                                         trained.scorer, trained.step)
   ev = config.eval
   num_classes = config.data.num_classes
-  sde = sde_lib.from_config(config.sde)
-  if model is None:
-    model = models.get_model(config.model, num_classes, sde)
-  if variables is None:
-    variables = train_state.restore_inference_variables(config, workdir, mesh=mesh)
-  else:
-    variables = sharding.replicate_locally(variables, mesh)
-  score_fn = models.make_score_fn(model, variables, sde.marginal_std)
-  scorer = make_class_scorer(config, score_fn, sde, num_classes, mesh)
   key = jax.random.PRNGKey(config.seed + 1)
 
   eval_source = records.data_source(builder, ev.split)
@@ -183,8 +139,6 @@ def evaluate(config, workdir: str, *, variables=None, model=None, mesh=None) -> 
     # How recognisable the samples are, beside the sample grid (every process, same result).
     report.update(sample_quality.evaluate(config, workdir, score_fn, sde,
                                           inputs.image_shape(config, builder), out_dir=out_dir))
-  # Every process opens the manager: orbax's constructor waits at a barrier for all of them.
-  step = checkpointing.latest_step(checkpointing.make_manager(workdir))
   if jax.process_index() == 0:
     write_outputs(out_dir, config, scored, calibration, report, score_fn, sde,
                   image_shape=inputs.image_shape(config, builder))
@@ -203,7 +157,8 @@ def _flow_diagnostics(config, score_fn, sde, mesh, source, scored, key) -> dict:
   `sgc_jax.flow_diagnostics`)."""
   bound_config = config.copy_and_resolve_references()
   bound_config.eval.estimator = "denoising"
-  bound_scorer = make_class_scorer(bound_config, score_fn, sde, config.data.num_classes, mesh)
+  bound_scorer = scorer_lib.make_class_scorer(bound_config, score_fn, sde,
+                                              config.data.num_classes, mesh)
   bound = score_source(bound_config, bound_scorer, source, mesh=mesh, key=key,
                        desc="bound for flow diagnostics", max_examples=config.eval.max_examples)
   return flow_diagnostics.flow_diagnostics(scored["log_likelihood"], bound["log_likelihood"],

@@ -34,10 +34,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgc_jax import api, checkpointing, models, train_state
+from sgc_jax import checkpointing, models, run_dir, train_state
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
-from sgc_jax.data import reader
+from sgc_jax.data import records
+from sgc_jax.data.builders import get_builder_class
 
 # nn.DataParallel's prefix on every key of the wrapped model's state_dict.
 DATA_PARALLEL_PREFIX = "module."
@@ -229,9 +230,8 @@ def import_seed(state_dict: Mapping[str, Any], config, workdir: str) -> dict[str
 
   `sgc-evaluate --config C --workdir W` and `sgc_jax.load(W)` (which reads the
   `config.json` written here) then score with them exactly as with a network
-  trained here; `sgc-train` would fine-tune from them. When
-  the config's records exist, their class count is checked against the label
-  embedding; otherwise the label embedding sets `data.num_classes`.
+  trained here; `sgc-train` would fine-tune from them. The dataset's class
+  count is checked against the label embedding; its records need not exist.
 
   Args:
     state_dict: the reference's state_dict as numpy arrays (`load_state_dict`).
@@ -243,14 +243,14 @@ def import_seed(state_dict: Mapping[str, Any], config, workdir: str) -> dict[str
   """
   state_dict = strip_prefix(state_dict)
   arch = architecture(state_dict)
-  try:
-    builder = reader.load_builder(config.data)
-  except FileNotFoundError:
-    builder = None  # records not converted yet: sgc-evaluate meets them later
-  config = validate_config(config, builder)
+  # The dataset's description, not its records: an import needs no converted data, and the
+  # spec stored with the checkpoint lets `sgc_jax.load` and `sgc-score` do without them too.
+  data = config.data
+  builder = records.get_builder(get_builder_class(data.name), data.get("data_dir") or None,
+                                config=data.get("builder_config") or None)
+  spec = run_dir.ModelSpec.from_builder(builder, data)
+  config = validate_config(config, spec=spec)
   _check_config(config, arch)
-  with config.unlocked():
-    config.data.num_classes = arch["num_classes"]
   manager = checkpointing.make_manager(workdir)
   if checkpointing.latest_step(manager) is not None:
     raise FileExistsError(f"--workdir: {workdir} already holds checkpoints; import into an "
@@ -260,6 +260,8 @@ def import_seed(state_dict: Mapping[str, Any], config, workdir: str) -> dict[str
   tx, _ = train_state.make_optimizer(config.training, steps_per_epoch=1)
   state = train_state.state_from_variables(config, tx, jax.tree.map(jnp.asarray, variables))
   checkpointing.save(manager, 0, state, wait=True)
-  api.write_config(config, workdir)  # what `sgc_jax.load(workdir)` reads back
+  # What `sgc_jax.load(workdir)` reads back.
+  run_dir.write_config(config, workdir)
+  run_dir.write_model_spec(spec, workdir)
   return {**arch, "params": models.count_params(variables["params"]),
           "checkpoint": os.path.join(manager.directory, "0")}

@@ -26,8 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgc_jax import (api, classifier, estimators, evaluation, exponential_integrator, likelihood,
-                     metrics, plots)
+from sgc_jax import api, classifier, exponential_integrator, likelihood, metrics, plots, scorer
 from sgc_jax.data import records
 
 FAMILIES = ("adaptive", "fixed", "expint", "probes", "denoising")
@@ -69,14 +68,10 @@ def settings(grid) -> list[dict]:
 
 
 def make_estimator(score_fn, sde, num_classes: int, eps: float, options: dict) -> Callable:
-  """(x, keys) -> LikelihoodResult for one setting's options."""
+  """(x, keys [B]) -> LikelihoodResult for one setting's options (`scorer.ESTIMATORS`)."""
   options = dict(options)
-  if options.pop("estimator", "ode") == "denoising":
-    # The denoising bound shares its (t, z) draws across images: one key.
-    return lambda x, keys: estimators.denoising_log_likelihoods(
-        score_fn, sde, x, num_classes, key=keys[0], eps=eps, **options)
-  return lambda x, keys: likelihood.class_log_likelihoods(
-      score_fn, sde, x, num_classes, key=keys, eps=eps, **options)
+  estimate = scorer.ESTIMATORS[options.pop("estimator", "ode")].estimate
+  return lambda x, keys: estimate(score_fn, sde, x, num_classes, keys, eps=eps, **options)
 
 
 def timed(fn: Callable, repeats: int):
@@ -253,7 +248,7 @@ def bench(workdir: str, grid, *, output: str, split: str = "test", num_images: i
   labels = np.array([r["label"] for r in batch])
   ids = jnp.arange(n, dtype=jnp.uint32)
   deq_key, probe_key = jax.random.split(jax.random.PRNGKey(trained.config.seed + 1))
-  x = jax.jit(functools.partial(evaluation.per_image_inputs, config=trained.config))(
+  x = jax.jit(functools.partial(scorer.per_image_inputs, config=trained.config))(
       deq_key, ids, images)
   keys = jax.vmap(lambda i: jax.random.fold_in(probe_key, i))(ids)
   report = run_grid(trained.score_fn, trained.sde, x, labels, trained.num_classes, grid,

@@ -2,11 +2,10 @@
 
 `TrainState` (parameters, non-trained model collections, optimizer, EMA),
 the optimizer and schedule that shape it, and `restore_inference_variables`,
-which the evaluation uses to score the latest checkpoint of a workdir.
+which the loader (`sgc_jax.load`) uses to score a checkpoint of a workdir.
 """
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import flax
@@ -15,10 +14,6 @@ import jax.numpy as jnp
 import optax
 
 from sgc_jax import checkpointing, models, sharding
-from sgc_jax import sde as sde_lib
-from sgc_jax.config_validation import validate_config
-from sgc_jax.data import reader
-from sgc_jax.inputs import image_shape
 
 
 @flax.struct.dataclass
@@ -88,20 +83,37 @@ def inference_variables(state: TrainState) -> dict:
   return {"params": params, **state.model_state}
 
 
-def restore_inference_variables(config, workdir: str, *, mesh=None) -> dict:
-  """Inference variables from the latest checkpoint in `workdir` (see `inference_variables`)."""
-  mesh = mesh or sharding.make_mesh()
-  builder = reader.load_builder(config.data)
-  config = validate_config(config, builder)
-  model = models.get_model(config.model, config.data.num_classes,
-                           sde_lib.from_config(config.sde))
-  tx, _ = make_optimizer(config.training, steps_per_epoch=1)
-  create = functools.partial(create_train_state, config, model, tx,
-                             shape=image_shape(config, builder))
-  abstract = abstract_train_state(create, jax.random.PRNGKey(0), mesh)
-  manager = checkpointing.make_manager(workdir)
-  if checkpointing.latest_step(manager) is None:
-    raise FileNotFoundError(f"--workdir: no checkpoint under {workdir}/checkpoints; "
+def latest_checkpoint(manager) -> int:
+  """The latest checkpointed step; raises naming the directory when there is none."""
+  step = checkpointing.latest_step(manager)
+  if step is None:
+    raise FileNotFoundError(f"--workdir: no checkpoint under {manager.directory}; "
                             "train first with sgc-train")
-  state, _ = checkpointing.restore(manager, abstract, with_data_state=False)
-  return inference_variables(state)
+  return int(step)
+
+
+def restore_inference_variables(manager, model, shape, num_classes: int, *, mesh,
+                                step: int | None = None) -> tuple[dict, int]:
+  """(inference variables, step) of `model` from the checkpoint at `step` (default: latest).
+
+  Args:
+    manager: the run's open checkpoint manager (`checkpointing.make_manager`).
+    model: the flax module the checkpoint was trained as.
+    shape: (H, W, C) of its inputs.
+    num_classes: the classes it was built for.
+    mesh: the devices to place the (replicated) variables on.
+    step: which checkpoint.
+
+  The checkpoint is restored into its own saved tree, so no optimizer is
+  rebuilt to shape it; `model` says which variables must be there, and a
+  checkpoint of another network is refused naming what differs.
+  """
+  step = latest_checkpoint(manager) if step is None else step
+  saved = checkpointing.restore_saved(manager, step, sharding.replicated(mesh))
+  # A tree saved without an EMA or non-trained collections holds them as empty nodes, or not at all.
+  state = TrainState(**{name: saved.get(name, {}) for name in TrainState.__dataclass_fields__})
+  variables = inference_variables(state)
+  wanted = jax.eval_shape(lambda key: models.init_variables(model, key, shape, num_classes),
+                          jax.random.PRNGKey(0))
+  checkpointing.check_same_structure(f"{manager.directory}/{step}", variables, wanted)
+  return variables, int(step)

@@ -20,7 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
-from sgc_jax import api, checkpointing, evaluation, losses, models, sharding
+from sgc_jax import checkpointing, evaluation, losses, models, run_dir, sharding
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
@@ -128,8 +128,9 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
   if jax.process_index() == 0:
-    # What `sgc_jax.load` and `sgc-score` read back to rebuild the model.
-    api.write_config(config, workdir)
+    # What `sgc_jax.load` and `sgc-score` read back to rebuild the model, without the records.
+    run_dir.write_config(config, workdir)
+    run_dir.write_model_spec(run_dir.ModelSpec.from_builder(builder, config.data), workdir)
   training = config.training
   train_source, _ = reader.training_sources(builder, config.data, seed=config.seed)
   local_batch = sharding.local_batch_size(training.batch_size, mesh)

@@ -3,11 +3,12 @@ import csv
 import os
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
 import sgc_jax
-from sgc_jax import api, evaluation, model_calibration
+from sgc_jax import evaluation, model_calibration, run_dir
 from sgc_jax.data import reader, records
 
 
@@ -31,7 +32,7 @@ def loaded(trained):
 
 def test_trainer_saves_the_config_it_ran_with(trained):
   config, workdir = trained
-  saved = api.read_config(workdir)
+  saved = run_dir.read_config(workdir)
   assert saved.model.mlp.hidden == config.model.mlp.hidden == 32
   assert saved.training.num_steps == 20
   assert saved.data.num_classes == 10          # the validated config, dataset facts included
@@ -71,3 +72,69 @@ def test_load_score_fn_and_errors(loaded, tmp_path):
     loaded.log_likelihoods(np.zeros((2, 9, 9, 1), np.uint8))
   with pytest.raises(FileNotFoundError, match="no config.json in"):
     sgc_jax.load(str(tmp_path))
+
+
+def test_the_run_directory_describes_the_model_without_its_records(trained, loaded):
+  spec = run_dir.read_model_spec(trained[1])
+  assert spec == loaded.spec
+  assert (spec.dataset, spec.builder_config, spec.image_shape, spec.image_dtype) == (
+      "digits", "8x8", (8, 8, 1), "uint8")
+  assert spec.class_names == tuple(str(c) for c in range(10)) and spec.bit_depth == 8
+  assert spec.preprocess_options() is None and spec.allowed_modalities is None
+
+
+def _test_images(config, n=4):
+  source = records.data_source(reader.load_builder(config.data), "test")
+  return (np.stack([source[i]["image"] for i in range(n)]),
+          np.asarray([source[i]["id"] for i in range(n)]))
+
+
+def test_a_copied_workdir_scores_on_a_machine_without_the_records(trained, loaded, tmp_path,
+                                                                  monkeypatch):
+  config, workdir = trained
+  images, ids = _test_images(config)
+  expected = loaded.log_likelihoods(images, ids=ids).log_likelihood
+  copy, empty = str(tmp_path / "copy"), tmp_path / "no_records"
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval_*"))
+  empty.mkdir()
+  # The copy's config names a data dir that holds nothing, as on the scoring machine.
+  saved = run_dir.read_config(copy)
+  saved.data.data_dir = str(empty)
+  run_dir.write_config(saved, copy)
+  monkeypatch.setenv("SGC_DATA_DIR", str(empty))
+  moved = sgc_jax.load(copy)
+  result = moved.log_likelihoods(images, ids=ids)
+  np.testing.assert_array_equal(result.log_likelihood, expected)
+  assert moved.identity == loaded.identity and moved.num_classes == 10
+  assert os.listdir(empty) == []               # no records were looked for, or built
+
+
+def test_a_run_saved_before_model_specs_reads_its_records(trained, loaded, tmp_path):
+  copy = str(tmp_path / "old")
+  shutil.copytree(trained[1], copy, ignore=shutil.ignore_patterns("eval_*", run_dir.SPEC_FILE))
+  assert sgc_jax.load(copy).spec == loaded.spec
+
+
+def test_load_refuses_a_config_of_another_model_naming_the_field(trained, loaded):
+  config, workdir = trained
+  other = config.copy_and_resolve_references()
+  other.model.mlp.hidden = 64
+  with pytest.raises(ValueError, match=r"--config: model\.mlp\.hidden is 64, the model in .* "
+                                       r"was trained with 32"):
+    sgc_jax.load(workdir, other)
+  other = config.copy_and_resolve_references()
+  other.data.builder_config = "16x16"
+  with pytest.raises(ValueError, match=r"data\.builder_config is '16x16'.*trained with ''"):
+    sgc_jax.load(workdir, other)
+  # The eval block, and where this machine keeps its records, may differ.
+  other = config.copy_and_resolve_references()
+  other.eval.estimator, other.data.data_dir = "denoising", "/elsewhere"
+  assert sgc_jax.load(workdir, other).config.eval.estimator == "denoising"
+
+
+def test_checkpoint_identity(trained, loaded):
+  identity = loaded.identity
+  assert identity.step == 20 and identity.config_hash == run_dir.config_hash(loaded.config)
+  zeroed = jax.tree.map(np.zeros_like, jax.device_get(loaded.variables))
+  assert run_dir.variables_hash(zeroed) != identity.variables_hash
+  assert run_dir.variables_hash(jax.device_get(loaded.variables)) == identity.variables_hash

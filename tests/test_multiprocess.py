@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 
+import sgc_jax
 from sgc_jax import checkpointing, evaluation, sharding, train_state, trainer
 from sgc_jax.data import reader
 from test_evaluation import read_predictions
@@ -134,7 +135,7 @@ def test_two_processes_train_one_replicated_model(tmp_path, monkeypatch):
                                             encoding="utf-8")]
   assert [r["step"] for r in rows] == [5, 10]  # written once, by process 0
   assert checkpointing.make_manager(workdir).latest_step() == 10
-  restored = train_state.restore_inference_variables(tiny_config(data_dir), workdir)
+  restored = sgc_jax.load(workdir).variables
   total = sum(float(np.abs(np.asarray(leaf)).sum()) for leaf in jax.tree.leaves(restored["params"]))
   np.testing.assert_allclose(total, reports[0]["total"], rtol=1e-6)
   assert "class_gaussian" in restored

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import sgc_jax
 from sgc_jax import checkpointing, inputs, losses, models, sharding, train_state, trainer
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
@@ -171,7 +172,7 @@ def test_class_gaussians_are_fitted_to_the_train_split_and_checkpointed(data_dir
   config = tiny_config(data_dir, steps=2)
   assert config.model.class_gaussian == "full"
   trainer.train(config, str(tmp_path))
-  restored = train_state.restore_inference_variables(config, str(tmp_path))["class_gaussian"]
+  restored = sgc_jax.load(str(tmp_path)).variables["class_gaussian"]
   builder = reader.load_builder(config.data)
   config = validate_config(config, builder)
   train_source, _ = reader.train_validation_sources(builder, config.data.validation_fraction,
@@ -191,6 +192,8 @@ def test_restoring_a_different_model_names_the_checkpoint_and_the_cause(data_dir
   config.model.class_gaussian = "none"
   trainer.train(config, str(tmp_path))
   config.model.class_gaussian = "full"
+  model = models.get_model(config.model, 10, sde_lib.from_config(config.sde))
   with pytest.raises(ValueError, match=r"checkpoints/2: the checkpoint holds a different model.*"
                                        r"model\.class_gaussian"):
-    train_state.restore_inference_variables(config, str(tmp_path))
+    train_state.restore_inference_variables(checkpointing.make_manager(str(tmp_path)), model,
+                                            (8, 8, 1), 10, mesh=sharding.make_mesh())

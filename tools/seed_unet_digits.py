@@ -31,6 +31,7 @@ import jax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import digits_unet  # pylint: disable=wrong-import-position
+import sgc_jax  # pylint: disable=wrong-import-position
 from sgc_jax import baseline, evaluation, train_state, trainer  # pylint: disable=wrong-import-position
 
 _KEYS = ("accuracy", "balanced_accuracy", "auc", "bits_per_dim", "mean_nfe", "images",
@@ -75,9 +76,8 @@ def run_variant(name: str, workdir: str, run: dict, save) -> None:
   out_dir = os.path.join(workdir, name)
   if name in SHARED_TRAINING:
     # Restored, not resumed: a resumed run would rewrite the other's config.json.
-    model = None
-    variables = train_state.restore_inference_variables(
-        config, os.path.join(workdir, SHARED_TRAINING[name]))
+    trained = sgc_jax.load(os.path.join(workdir, SHARED_TRAINING[name]), config)
+    model, variables = trained.model, trained.variables
   else:
     start = time.perf_counter()
     state, model = trainer.train(config, out_dir)
