@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID
 
-from sgc_jax import api, evaluation, model_calibration, scoring, sharding, trainer
+from sgc_jax import evaluation, model_calibration, run_dir, scoring, sharding, trainer
 from sgc_jax.data import convert, records
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
@@ -85,7 +86,7 @@ def trained(cases, tmp_path_factory):
   config.training.batch_size = 2
   config.training.num_steps = 4
   config.training.log_every = 2
-  config.training.checkpoint_every = 4
+  config.training.checkpoint_every = 2   # step 2 is "another checkpoint" for the rerun test
   # The denoising estimator keeps the test fast; the ODE runs through the same scorer.
   config.eval.estimator = "denoising"
   config.eval.num_time_samples = 4
@@ -214,7 +215,8 @@ def test_score_rows_hold_metadata_calibrated_posteriors_and_ood(scored, trained)
     np.testing.assert_allclose(row["bits_per_dim_benign"], -ll[0] / (dims * np.log(2)) + 8,
                                rtol=1e-9)
     assert row["ood"] == (row["ood_score_bits_per_dim"] > stored.ood_threshold_bits_per_dim)
-    assert row["nfe"] == 2 * 4
+    # Network evaluations per (image, class), as in metrics.json: K = 4 time samples.
+    assert row["nfe_benign"] == row["nfe_malignant"] == 4
   assert os.path.exists(os.path.join(out, "scores.csv"))
 
 
@@ -254,11 +256,201 @@ def test_kill_9_then_rerun_gives_the_uninterrupted_tables(scored, trained, archi
 
 
 def test_a_config_with_other_preprocessing_is_refused(trained):
-  config = api.read_config(trained)
+  config = run_dir.read_config(trained)
   config.data.builder_config = "full_384"
   with pytest.raises(ValueError, match=r"data.builder_config is 'full_384'.*trained with "
                                        r"'full_64'"):
     scoring.load_model(trained, config)
+
+
+def _score(trained_model, inputs, out, **kwargs):
+  kwargs = {"per_device_batch": PER_DEVICE_BATCH, "decode_workers": 2, "chunk_size": 4,
+            "progress": False, **kwargs}
+  return scoring.score_archive(trained_model, inputs, out, **kwargs)
+
+
+def test_a_rerun_with_another_checkpoint_or_settings_is_refused(scored, trained, archive,
+                                                                tmp_path):
+  _, reference, _ = scored
+  out = str(tmp_path / "out")
+  shutil.copytree(reference, out)
+  chunks = sorted(os.listdir(os.path.join(out, "chunks")))
+  # Another checkpoint: the same run at step 2 (a copy of the workdir without step 4).
+  earlier = str(tmp_path / "run")
+  shutil.copytree(trained, earlier)
+  assert sorted(os.listdir(os.path.join(earlier, "checkpoints"))) == ["2", "4"]
+  shutil.rmtree(os.path.join(earlier, "checkpoints", "4"))
+  other = scoring.load_model(earlier)
+  assert other.step == 2
+  with pytest.raises(scoring.SettingsMismatchError,
+                     match=r"other settings .*: model_hash: '[0-9a-f]+' there, '[0-9a-f]+' "
+                           r"now; model_step: 4 there, 2 now\. .*pass a new --output, or "
+                           r"delete .* to start afresh"):
+    _score(other, archive[0], out)
+  # Other solver settings for the same checkpoint.
+  config = run_dir.read_config(trained)
+  config.eval.num_time_samples = 8
+  with pytest.raises(scoring.SettingsMismatchError,
+                     match=r": config_hash: '\w+' there, '\w+' now; eval.num_time_samples: 4 "
+                           r"there, 8 now\. "):
+    _score(scoring.load_model(trained, config), archive[0], out)
+  # Refused before anything was written.
+  assert sorted(os.listdir(os.path.join(out, "chunks"))) == chunks
+  assert _tables(out) == _tables(reference)
+
+
+def test_a_changed_file_is_rescored_and_one_uid_is_scored_once(trained, cases, tmp_path):
+  root = tmp_path / "archive"
+  root.mkdir()
+  a, b, c = (str(root / name) for name in ("a.dcm", "b.dcm", "c.dcm"))
+  shutil.copy(cases["benign"]["rcc"], a)
+  shutil.copy(a, b)                          # the same image (one SOPInstanceUID) twice
+  shutil.copy(cases["malignant"]["lcc"], c)
+  out = str(tmp_path / "out")
+  loaded = scoring.load_model(trained)
+  first = _score(loaded, [str(root)], out, decode_workers=0)
+  scores, errors = _tables(out)
+  assert first["scored_this_run"] == 2
+  assert [r["key"] for r in scores] == [a, c]
+  assert [(r["key"], r["reason"]) for r in errors] == [(b, "DuplicateInputError")]
+  uid = scores[0]["sop_instance_uid"]
+  assert errors[0]["message"] == (f"{b}: the same SOPInstanceUID {uid} as the earlier input "
+                                  f"{a}, scored there")
+
+  # Touched: rescored alone, its row replaced; the image and so its numbers are the same.
+  info = os.stat(c)
+  os.utime(c, (info.st_atime, info.st_mtime + 10))
+  touched = _score(loaded, [str(root)], out, decode_workers=0)
+  assert touched["scored_this_run"] == touched["changed_since_committed"] == 1
+  assert touched["previously_committed"] == 2
+  rescored, still = _tables(out)
+  assert still == errors and rescored[0] == scores[0]
+  assert rescored[1]["mtime"] == os.stat(c).st_mtime != scores[1]["mtime"]
+  assert {**rescored[1], "mtime": None} == {**scores[1], "mtime": None}
+
+  # Another SOPInstanceUID, same size and mtime: rescored, and b is no longer its duplicate.
+  new_uid = uid[:-1] + ("2" if uid[-1] == "1" else "1")
+  info = os.stat(a)
+  with open(a, "rb") as f:
+    data = f.read().replace(uid.encode(), new_uid.encode())
+  with open(a, "wb") as f:
+    f.write(data)
+  os.utime(a, ns=(info.st_atime_ns, info.st_mtime_ns))
+  assert os.stat(a).st_size == info.st_size
+  changed = _score(loaded, [str(root)], out, decode_workers=0)
+  assert changed["changed_since_committed"] == 1 and changed["scored_this_run"] == 2
+  scores, errors = _tables(out)
+  assert [(r["key"], r["sop_instance_uid"]) for r in scores] == [
+      (a, new_uid), (b, uid), (c, rescored[1]["sop_instance_uid"])]
+  assert errors == []
+  again = _score(loaded, [str(root)], out, decode_workers=0)
+  assert again["scored_this_run"] == again["changed_since_committed"] == 0
+
+
+def _fuzzed_archive(root, cases):
+  """Real DICOMs broken as exports break them; the reason each must get (None: any typed one)."""
+  root.mkdir()
+  expected = {}
+  rng = np.random.default_rng(0)
+
+  def put(name, data, reason=None):
+    path = os.path.join(root, name)
+    with open(path, "wb") as f:
+      f.write(data)
+    expected[path] = reason
+
+  def edit(name, src, change, reason=None):
+    ds = pydicom.dcmread(src)
+    change(ds)
+    ds.save_as(os.path.join(root, name))
+    expected[os.path.join(root, name)] = reason
+
+  def flip(data, count, low, high):
+    data = bytearray(data)
+    for position, bit in zip(rng.integers(low, high, count), rng.integers(0, 8, count)):
+      data[position] ^= 1 << bit
+    return bytes(data)
+
+  mammogram = cases["benign"]["rcc"]    # RLE Lossless, 4560 x 2864
+  with open(mammogram, "rb") as f:
+    whole = f.read()
+  pixels = len(whole) - len(pydicom.dcmread(mammogram).PixelData)
+  put("0-original.dcm", whole, "scored")
+  put("empty.dcm", b"", "NotDicomError")
+  put("cut-preamble.dcm", whole[:128], "NotDicomError")
+  put("cut-header.dcm", whole[:1000])
+  put("cut-half.dcm", whole[:len(whole) // 2], "TruncatedPixelDataError")
+  put("cut-last-byte.dcm", whole[:-1])
+  # Tags that contradict the RLE pixel data: one column fewer panics inside pylibjpeg-rle.
+  edit("columns-1.dcm", mammogram, lambda ds: setattr(ds, "Columns", ds.Columns - 1),
+       "DecoderPanicError")
+  edit("rows+8.dcm", mammogram, lambda ds: setattr(ds, "Rows", ds.Rows + 8),
+       "CorruptDicomError")
+  edit("no-pixels.dcm", mammogram, lambda ds: delattr(ds, "PixelData"))
+  edit("unknown-syntax.dcm", mammogram,
+       lambda ds: setattr(ds.file_meta, "TransferSyntaxUID", UID("1.2.3.4.5.6")),
+       "UnsupportedCompressionError")
+  for i in range(4):
+    put(f"flip-header-{i}.dcm", flip(whole, 8, 132, 3000))
+  for i in range(2):
+    put(f"flip-pixels-{i}.dcm", flip(whole, 64, pixels, len(whole)))
+
+  def as_mammogram(ds):
+    ds.Modality = "MG"
+
+  for name in ("MR_small_RLE.dcm", "CT_small.dcm", "JPEG2000.dcm"):
+    src = get_testdata_file(name, download=False)
+    edit(f"mg-{name}", src, as_mammogram)
+    with open(os.path.join(root, f"mg-{name}"), "rb") as f:
+      small = f.read()
+    for i in range(3):
+      put(f"flip-{i}-{name}", flip(small, 4, 132, len(small)))
+    put(f"cut-{name}", small[:len(small) * 2 // 3])
+  edit("mg-rle-columns-1.dcm", get_testdata_file("MR_small_RLE.dcm", download=False),
+       lambda ds: (as_mammogram(ds), setattr(ds, "Columns", ds.Columns - 1)),
+       "DecoderPanicError")
+
+  # A file name that is not UTF-8 (kept by Python as a surrogate), holding a new image.
+  def renamed(ds):
+    as_mammogram(ds)
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = "1.2.826.0.1.3680043.9.1"
+
+  edit(os.fsdecode(b"caf\xe9.dcm"), get_testdata_file("CT_small.dcm", download=False),
+       renamed, "scored")
+  return expected
+
+
+def test_no_input_can_end_the_run(trained, cases, tmp_path):
+  """Fuzzed real DICOMs: each ends in exactly one table, with a typed reason; panics included."""
+  from sgc_jax.data import dicom  # pylint: disable=g-import-not-at-top
+  expected = _fuzzed_archive(tmp_path / "fuzz", cases)
+  out = str(tmp_path / "out")
+  summary = _score(scoring.load_model(trained), [str(tmp_path / "fuzz")], out)
+  scores, errors = _tables(out)
+  found = {r["key"]: "scored" for r in scores} | {r["key"]: r["reason"] for r in errors}
+  assert len(scores) + len(errors) == len(found) == summary["inputs"] == len(expected)
+  clean = {scoring.inputs.clean_text(path): reason for path, reason in expected.items()}
+  assert set(found) == set(clean)
+  assert {k: found[k] for k, v in clean.items() if v is not None} == {
+      k: v for k, v in clean.items() if v is not None}
+  typed = {cls.__name__ for cls in _subclasses(dicom.DicomError)} | {
+      "UnreadablePathError", "DuplicateInputError", "DecoderPanicError", "WorkerCrashError",
+      "UnexpectedError", "ShapeMismatchError", "SolverFailureError"}
+  assert {r["reason"] for r in errors} <= typed
+  for row in errors:
+    assert row["message"].startswith(row["path"] + ": ")
+  # The same SOPInstanceUID under several names (a copy that still decodes) is scored once.
+  uids = [r["sop_instance_uid"] for r in scores]
+  assert len(uids) == len(set(uids))
+  for row in errors:
+    if row["reason"] == "DuplicateInputError":
+      first = row["message"].split(" as the earlier input ")[1].removesuffix(", scored there")
+      assert found[first] == "scored"
+  assert summary["failed_by_reason"]["DecoderPanicError"] == 2
+
+
+def _subclasses(cls):
+  return {cls}.union(*(_subclasses(c) for c in cls.__subclasses__()))
 
 
 def test_listing_rules(tmp_path):

@@ -8,7 +8,9 @@ WORKDIR/config.json; pass --config (the run's config file) to override eval
 fields, e.g. --config.eval.estimator=denoising. Writes OUT/scores.parquet
 (one row per scored image), OUT/errors.parquet (one row per input that could
 not be scored, with its reason) and OUT/summary.json. Killed, the same command
-resumes: committed chunks are kept and every input ends up in exactly one table.
+resumes: committed chunks are kept and every input ends up in exactly one table;
+a file changed since its row was committed is rescored. An OUT made with another
+checkpoint or other settings is refused, naming what differs.
 """
 import os
 
@@ -26,7 +28,8 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
 flags.DEFINE_multi_string("input", None, "A directory, a text file of paths, a DICOM file or "
                           "tfds:NAME[/CONFIG]:SPLIT (repeatable).")
-flags.DEFINE_string("output", None, "Output directory (a rerun resumes in it).")
+flags.DEFINE_string("output", None, "Output directory (a rerun with the same model and "
+                    "settings resumes in it).")
 flags.DEFINE_integer("per_device_batch", 4, "Images per device and scoring call; keep it fixed "
                      "to get identical rows on any device count.")
 flags.DEFINE_integer("decode_workers", min(8, os.cpu_count() or 1),
