@@ -1,0 +1,377 @@
+"""The README's quoted figures equal the results JSON they come from (as rounded in print).
+
+Each table below names, in the README, the command that wrote it and the file in
+tools/results/. A rerun that changes a number and leaves the README behind fails
+here. A printed figure p with d decimals binds a value v when |v - p| <= 0.5e-d:
+what rounding v to d decimals can print ("0.31" binds 0.305). Figures with no
+results file (the demo's table, the recipe table, two flow-diagnostics rows) are
+not bound here; see tests/test_demo_report.py for the demo table's columns.
+"""
+import json
+import math
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "tools", "results")
+with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _f:
+  README = _f.read()
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
+NAT_PER_BIT = math.log(2.0)
+
+
+def results(name: str):
+  with open(os.path.join(RESULTS, name), encoding="utf-8") as f:
+    return json.load(f)
+
+
+def table(header: str) -> list[list[str]]:
+  """The body rows (cells stripped, markdown bold removed) of the table whose header starts so."""
+  lines = README.splitlines()
+  starts = [i for i, line in enumerate(lines) if line.startswith(header)]
+  assert len(starts) == 1, f"README: {len(starts)} tables start with {header!r}"
+  rows = []
+  for line in lines[starts[0] + 2:]:          # the header, then the |---| line
+    if not line.startswith("|"):
+      break
+    rows.append([c.strip().replace("**", "") for c in line.strip().strip("|").split("|")])
+  return rows
+
+
+def row(rows: list[list[str]], label: str) -> list[str]:
+  """The one row whose first cell contains `label`."""
+  found = [r for r in rows if label in r[0]]
+  assert len(found) == 1, f"{len(found)} rows contain {label!r}: {[r[0] for r in rows]}"
+  return found[0]
+
+
+def numbers(cell: str) -> list[str]:
+  return _NUMBER.findall(cell)
+
+
+def assert_printed(printed: str, value, what: str = "") -> None:
+  """`printed` (as the README shows it, commas allowed) is `value` rounded to its decimals."""
+  text = printed.replace(",", "")
+  decimals = len(text.split(".")[1]) if "." in text and "e" not in text else 0
+  tolerance = 0.5 * 10.0 ** -decimals + 1e-9
+  if "e" in text:
+    tolerance = abs(float(text)) * 1e-9
+  assert value is not None and abs(float(value) - float(text)) <= tolerance, (
+      f"README {what}: prints {printed}, the results JSON holds {value}")
+
+
+def assert_cell(cell: str, values, what: str = "") -> None:
+  """Every number in `cell`, in order, against `values` (one value or a list)."""
+  values = list(values) if isinstance(values, (list, tuple)) else [values]
+  printed = numbers(cell)
+  assert len(printed) == len(values), f"README {what}: cell {cell!r}, expected {values}"
+  for p, v in zip(printed, values):
+    assert_printed(p, v, f"{what} ({cell!r})")
+
+
+# --- Likelihood cost (tools/likelihood_speed.py) -----------------------------------------------
+
+_SPEED_COLUMNS = (("passes_per_image_class", 1), ("seconds", 1), ("speedup_vs_seed", 1),
+                  ("mean_abs_dbits_per_dim", 1), ("agreement", 100))
+_MLP_ROWS = (
+    ("seed's path", "seed path: scipy RK45 1e-5 on the host, 1 Gaussian probe"),
+    ("equal tolerance", "engine: Dopri5 1e-5, 1 Gaussian probe"),
+    ("expint3 8 steps, 1 probe", "expint3 8 steps, 1 Rademacher"),
+    ("expint3 12 steps, 1 probe", "expint3 12 steps, 1 Rademacher"),
+    ("16 steps, 1 fresh", "expint3 16 steps, 1 Rademacher fresh per step"),
+    ("27 steps, 4 fresh", "expint3 27 steps, 4 Rademacher fresh per step"),
+    ("32 steps, 16 fresh", "expint3 32 steps, 16 Rademacher fresh per step"),
+    ("27 steps, exact", "expint3 27 steps, exact divergence"),
+    ("32 steps, exact", "expint3 32 steps, exact divergence"),
+)
+_UNET_ROWS = (
+    ("seed's path", "seed path: scipy RK45 1e-5 on the host, 1 Gaussian probe"),
+    ("equal tolerance", "engine: Dopri5 1e-5, 1 Gaussian probe"),
+    ("8 steps, 1 probe", "expint3 8 steps, 1 Rademacher"),
+    ("16 steps, 1 fresh", "expint3 16 steps, 1 Rademacher fresh per step"),
+    ("27 steps, 1 probe", "expint3 27 steps, 1 Rademacher"),
+    ("27 steps, 1 fresh", "expint3 27 steps, 1 Rademacher fresh per step"),
+    ("27 steps, 4 fresh", "expint3 27 steps, 4 Rademacher fresh per step"),
+)
+
+
+@pytest.mark.parametrize("header,name,bindings", [
+    ("| setting (MLP, 8×8) |", "likelihood_speed_mlp.json", _MLP_ROWS),
+    ("| setting (U-Net, 16×16) |", "likelihood_speed_unet.json", _UNET_ROWS),
+])
+def test_likelihood_speed_tables_equal_their_json(header, name, bindings):
+  model = results(name)["models"][0]
+  by_method = {r["method"]: r for r in model["rows"]}
+  rows = table(header)
+  assert len(rows) == len(bindings)           # every printed row is bound
+  for label, method in bindings:
+    cells = row(rows, label)
+    for cell, (key, scale) in zip(cells[1:], _SPEED_COLUMNS):
+      assert_cell(cell, by_method[method][key] * scale, f"{name} {method} {key}")
+
+
+def test_likelihood_speed_prose_equals_its_json():
+  mlp, unet = (results(f"likelihood_speed_{m}.json")["models"][0] for m in ("mlp", "unet"))
+  assert f"has all {len(mlp['rows'])} rows" in README
+  assert_printed(re.search(r"within ([\d.]+) nats of float64 Tsit5", README).group(1),
+                 mlp["max_abs_nats_vs_float64_tsit5_1e-7"], "reference vs Tsit5")
+  match = re.search(r"own probe error is ([\d.]+) nats \(([\d.]+) bits/dim\)", README)
+  assert_printed(match.group(1), unet["reference_probe_error_mean_abs_nats"], "probe error")
+  assert_printed(match.group(2), unet["reference_probe_error_mean_abs_bits_per_dim"], "bits")
+  match = re.search(r"same decision on only\s+([\d.]+) %", README)
+  assert_printed(match.group(1), 100 * unet["decision_agreement_between_halves"], "halves")
+  assert_printed(re.search(r"reference accuracy ([\d.]+)\)", README).group(1),
+                 unet["reference_accuracy"], "U-Net reference accuracy")
+  for model, target in ((mlp, "equal_tolerance"), (mlp, "fast"), (mlp, "equal_accuracy")):
+    assert model["targets"][target]["method"] in {r["method"] for r in model["rows"]}
+  assert_printed(re.search(r"tolerance 1\.50× \(([\d.]+);", README).group(1),
+                 unet["targets"]["equal_tolerance"]["speedup"], "U-Net equal tolerance")
+
+
+def test_likelihood_throughput_table_equals_its_json():
+  mlp = results("likelihood_speed_mlp.json")["models"][0]["throughput_image_classes_per_s"]
+  unet = results("likelihood_speed_unet.json")["models"][0]["throughput_image_classes_per_s"]
+  fixed = results("likelihood_speed_unet_throughput.json")["models"][0][
+      "throughput_image_classes_per_s"]
+  rows = table("| batch size | 1 | 4 | 16 | 64 | 256 |")
+  bindings = (("MLP, Dopri5", mlp["engine: Dopri5 1e-5, 1 Gaussian probe"]),
+              ("MLP, expint3 12", mlp["expint3 12 steps, 1 Rademacher"]),
+              ("U-Net, Dopri5", unet["engine: Dopri5 1e-5, 1 Gaussian probe"]),
+              ("U-Net, expint3 27", fixed["expint3 27 steps, 1 Rademacher fresh per step"]))
+  assert len(rows) == len(bindings)
+  for label, measured in bindings:
+    by_batch = {m["batch_size"]: m["image_classes_per_s"] for m in measured}
+    for batch, cell in zip((1, 4, 16, 64, 256), row(rows, label)[1:]):
+      if cell == "–":
+        assert batch not in by_batch, f"{label}: batch {batch} measured but not printed"
+      else:
+        assert_cell(cell, by_batch[batch], f"throughput {label} batch {batch}")
+
+
+# --- Training step, conversion, scoring throughput ---------------------------------------------
+
+def test_train_throughput_table_equals_its_json():
+  by_size = {r["resolution"]: r for r in results("train_throughput.json")["rows"]}
+  rows = table("| size | PyTorch img/s |")
+  assert len(rows) == len(by_size)
+  for cells in rows:
+    measured = by_size[int(numbers(cells[0])[0])]
+    assert_cell(cells[1], measured["torch"]["images_per_s"], f"{cells[0]} torch")
+    for cell, devices in zip(cells[2:], ("1", "2")):
+      jax_row = measured["jax"][devices]
+      assert_cell(cell, [jax_row["images_per_s"], jax_row["ratio_to_torch"]],
+                  f"{cells[0]} jax {devices} devices")
+    if "batch" in cells[0]:
+      assert f"batch {measured['batch_size']}" in cells[0]
+
+
+def test_convert_throughput_table_equals_its_json():
+  by_workers = {r["workers"]: r for r in results("convert_throughput.json")["results"]}
+  rows = table("| workers | decode img/s |")
+  assert len(rows) == len(by_workers)
+  for cells in rows:
+    measured = by_workers[int(cells[0])]
+    for cell, key in zip(cells[1:], ("decode_images_per_second", "end_to_end_images_per_second",
+                                     "decode_cpu_seconds_per_image")):
+      assert_cell(cell, measured[key], f"convert {cells[0]} workers {key}")
+
+
+def test_convert_check_speed_prose_equals_its_json():
+  measured = results("convert_check_speed.json")["results"]
+  match = re.search(r"loaded machine\): ([\d.]+) s for `full_384`, ([\d.]+) s for `roi_384`", README)
+  assert_printed(match.group(1), measured["full_384"]["check_seconds"], "check full_384")
+  assert_printed(match.group(2), measured["roi_384"]["check_seconds"], "check roi_384")
+  assert_printed(re.search(r"([\d.]+) s for the whole command", README).group(1),
+                 measured["cli_check_full_384_seconds"], "check CLI")
+  assert f"({measured['built']['images']:,} images" in README
+
+
+def test_score_throughput_prose_equals_its_json():
+  measured = results("score_throughput.json")["results"]
+
+  def rate(devices, per_device_batch, decode_workers):
+    [m] = [m for m in measured if (m["devices"], m["per_device_batch"], m["decode_workers"])
+           == (devices, per_device_batch, decode_workers)]
+    return m["images_per_s"]
+
+  match = re.search(r"decode dominates: ([\d.]+) → ([\d.]+) img/s with one decode worker", README)
+  assert_printed(match.group(1), rate(1, 1, 0), "score 1 device batch 1, no worker")
+  assert_printed(match.group(2), rate(1, 1, 1), "score 1 device batch 1, one worker")
+  match = re.search(r"batch 1\), ([\d.]+) → ([\d.]+) at batch 4", README)
+  assert_printed(match.group(1), rate(1, 4, 0), "score batch 4, no worker")
+  assert_printed(match.group(2), rate(1, 4, 1), "score batch 4, one worker")
+  match = re.search(r"; ([\d.]+)–([\d.]+) img/s over 4 forced\s+devices", README)
+  four = [m["images_per_s"] for m in measured if m["devices"] == 4]
+  assert_printed(match.group(1), min(four), "score 4 devices, slowest")
+  assert_printed(match.group(2), max(four), "score 4 devices, fastest")
+
+
+# --- Experiments on digits ---------------------------------------------------------------------
+
+def test_low_data_table_equals_its_json():
+  data = results("low_data.json")
+  rows = table("| setting (training images) | method |")
+  assert len(rows) == 9
+  for start, setting in zip((0, 3, 6), ("per_class_5", "per_class_50", "imbalance")):
+    [run] = data["runs"][setting].values()      # one seed, as the README says
+    assert f"({run['train_images']})" in rows[start][0]
+    for cells, method in zip(rows[start:start + 3], ("ode", "bound", "cnn")):
+      measured = run[method]
+      what = f"low_data {setting} {method}"
+      assert_cell(cells[2], measured["accuracy"], what + " accuracy")
+      assert_cell(cells[3], measured["balanced_accuracy"], what + " balanced accuracy")
+      assert_cell(cells[4], measured["auc"], what + " AUC")
+      assert_cell(cells[5], min(measured["per_class_sensitivity"]), what + " lowest sensitivity")
+      if method == "ode":
+        flow = measured["flow_diagnostics"]
+        assert_cell(cells[6], [flow["decision_agreement"], flow["centred_slope"]], what + " flow")
+      else:
+        assert cells[6] == ""
+  # The command the section quotes is the one the JSON records.
+  assert f"--steps {data['steps']} --max_examples {data['max_examples']} " \
+         f"--num_probes {data['num_probes']}" in README
+
+
+def test_seed_unet_digits_table_equals_its_json():
+  data = results("seed_unet_digits.json")
+  run = data["runs"]["seed"]
+  rows = table("| seed U-Net, seed recipe, 2,000 steps |")
+  bindings = (("exact ODE", run["ode"]), ("t ∈ [1e-5, 1]", run["bound"]),
+              ("t ∈ [0.1, 1]", run["bound_t01"]), ("discriminative CNN", data["cnn"]))
+  assert len(rows) == len(bindings)
+  for label, measured in bindings:
+    cells = row(rows, label)
+    for cell, key in zip(cells[1:], ("accuracy", "balanced_accuracy", "auc", "bits_per_dim")):
+      if cell != "–":
+        assert_cell(cell, measured[key], f"seed_unet_digits {label} {key}")
+  assert f"first {run['ode']['images']} test images" in README
+
+
+def test_flow_diagnostics_row_of_the_seed_unet_equals_its_json():
+  run = results("seed_unet_digits.json")["runs"]["seed"]
+  flow = run["ode"]["flow_diagnostics"]
+  cells = row(table("| model | agreement | slope |"), "seed U-Net")
+  expected = (flow["decision_agreement"], flow["centred_slope"], flow["centred_correlation"],
+              flow["gap_true_class"], flow["gap_wrong_classes"], run["ode"]["accuracy"],
+              run["bound"]["accuracy"])
+  for cell, value in zip(cells[1:], expected):
+    assert_cell(cell, value, "flow diagnostics, seed U-Net")
+
+
+def test_class_gaussian_ablation_table_equals_its_json():
+  data = results("class_gaussian_ablation.json")
+  rows = table("| model (digits test split) | ODE accuracy |")
+  bindings = (("MLP alone", data["plain"], data["plain_denoising_bound"]),
+              ("class Gaussians alone", data["gaussian_only"], None),
+              ("MLP + class-Gaussian skip", data["skip"], data["skip_denoising_bound"]))
+  assert len(rows) == len(bindings)
+  for label, ode, bound in bindings:
+    cells = row(rows, label)
+    assert_cell(cells[1], ode["accuracy"], f"ablation {label} accuracy")
+    assert_cell(cells[2], ode["auc"], f"ablation {label} AUC")
+    assert_cell(cells[3], ode["bits_per_dim"], f"ablation {label} bits/dim")
+    if bound is None:
+      assert cells[4] == "–"
+    else:
+      assert_cell(cells[4], bound["accuracy"], f"ablation {label} bound accuracy")
+    assert_cell(cells[5], ode["mean_nfe"], f"ablation {label} passes")
+
+
+def test_sampler_quality_table_equals_its_json():
+  data = results("sampler_quality_class_gaussian_skip.json")
+  measured = data["rows"]
+
+  def pick(sampler, steps=None, adaptive=False, rtol=None):
+    found = [r for r in measured if r["sampler"] == sampler
+             and bool(r.get("adaptive")) == adaptive
+             and (steps is None or r.get("num_steps") == steps)
+             and (rtol is None or r.get("rtol") == rtol)]
+    assert len(found) == 1, (sampler, steps, adaptive, rtol)
+    return found[0]
+
+  rows = table("| sampler | passes per sample | score |")
+  assert len(rows) == 5
+  ode = [r for r in measured if r["sampler"] == "ode"]
+  cells = row(rows, "ODE, rtol")
+  assert_cell(cells[1], [min(r["mean_nfe"] for r in ode), max(r["mean_nfe"] for r in ode)],
+              "sampler ODE passes")
+  for r in ode:
+    assert_cell(cells[2], r["score"], "sampler ODE score")
+  for label, picked in (
+      ("Euler–Maruyama", [pick("euler_maruyama", s) for s in (10, 50, 250)]),
+      ("ShARK, 6", [pick("shark", s) for s in (6, 25, 125)]),
+      ("ShARK adaptive", [pick("shark", adaptive=True, rtol=t) for t in (0.1, 0.01)]),
+      ("predictor–corrector", [pick("pc", s) for s in (6, 13, 125)])):
+    cells = row(rows, label)
+    assert_cell(cells[1], [r["mean_nfe"] for r in picked], f"sampler {label} passes")
+    assert_cell(cells[2], [r["score"] for r in picked], f"sampler {label} score")
+  assert_printed(re.search(r"real test digits score ([\d.]+) with this", README).group(1),
+                 data["baseline_test_accuracy"], "sampler baseline accuracy")
+  assert_printed(re.search(r"prior noise ([\d.]+)\)", README).group(1),
+                 data["prior_noise_score"], "sampler prior noise")
+  assert f"{data['per_class'] * 10:,} samples per row" in README
+
+
+def test_solver_bench_demo_table_equals_its_json():
+  data = results(os.path.join("solver_bench_demo", "results.json"))
+  by_name = {r["name"]: r for r in data["rows"]}
+  rows = table("| setting | passes per (image, class) | seconds (16 × 10 solves) |")
+  bindings = (
+      ("Tsit5 1e-4", ["tsit5 tol 0.0001"]),
+      ("Tsit5 1e-3", ["tsit5 tol 0.001"]),
+      ("Heun, 32", ["heun 32 steps (quadratic)"]),
+      ("expint3 8 / 16 / 27", [f"expint3 {n} steps (logsnr)" for n in (8, 16, 27)]),
+      ("4 Rademacher", ["expint3 27, 4 rademacher"]),
+      ("exact divergence", ["expint3 27, exact"]),
+      ("denoising bound, 64", ["denoising 64 samples"]),
+  )
+  assert len(rows) == len(bindings)
+  for label, names in bindings:
+    cells = row(rows, label)
+    picked = [by_name[n] for n in names]
+    assert_cell(cells[1], [r["nfe"] for r in picked], f"solver bench {label} passes")
+    assert_cell(cells[2], [r["seconds"] for r in picked], f"solver bench {label} seconds")
+    dlogp = [r["mean_abs_dlogp"] for r in picked]
+    if "bits/dim" in cells[3]:                  # nats, then the same in bits/dim
+      dlogp.append(dlogp[0] / (data["dims"] * NAT_PER_BIT))
+    assert_cell(cells[3], dlogp, f"solver bench {label} |Δ log p|")
+    assert_cell(cells[4], [r["agreement"] for r in picked], f"solver bench {label} agreement")
+  assert data["images"] == 16 and data["recommended"]["fast"] == "expint3 27, 4 rademacher"
+  assert data["recommended"]["exact"] is None   # "no setting ... reached <= 0.01 bits/dim"
+
+
+def test_demo_table_is_bound_to_a_results_file_or_says_it_is_not():
+  """The demo's numbers come from `sgc-demo --results tools/results/demo.json` when it was run."""
+  path = os.path.join(RESULTS, "demo.json")
+  heading = [line for line in README.splitlines() if line.startswith("### The demo")]
+  assert len(heading) == 1
+  if not os.path.exists(path):
+    assert "not bound to a results file" in README.split("### The demo")[1].split("###")[0].lower()
+    pytest.skip("no tools/results/demo.json: the demo table is marked as not bound")
+  report = results("demo.json")
+  rows = table("| metric (test split) |")
+  columns = (report["generative"], report["generative_denoising"], report["discriminative"])
+
+  def cells(label):
+    return row(rows, label)[1:]
+
+  for label, key in (("accuracy", "accuracy"), ("balanced accuracy", "balanced_accuracy"),
+                     ("AUC", "auc"), ("F1", "f1"), ("NLL", "nll")):
+    found = [r for r in rows if r[0].split(" (")[0] == label or r[0] == label]
+    assert len(found) == 1, label
+    for cell, column in zip(found[0][1:], columns):
+      assert_cell(cell, column[key], f"demo {label}")
+  for cell, column in zip(cells("ECE before"), columns):
+    assert_cell(cell, [column["ece_uncalibrated"], column["ece"]], "demo ECE")
+  for cell, column in zip(cells("bits/dim")[:2], columns):
+    assert_cell(cell, column["bits_per_dim"], "demo bits/dim")
+  for cell, column in zip(cells("network passes")[:2], columns):
+    assert_printed(numbers(cell)[0], column["mean_nfe"], "demo passes")
+  flow = report["generative"]["flow_diagnostics"]
+  assert_cell(cells("flow diagnostics")[0], [flow["decision_agreement"], flow["centred_slope"],
+                                             flow["centred_correlation"]], "demo flow")
+  assert_cell(cells("sample quality")[0], [report["generative"]["sample_quality_ode"],
+                                           report["generative"]["sample_quality_euler_maruyama"]],
+              "demo sample quality")
