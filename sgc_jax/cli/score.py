@@ -4,8 +4,9 @@
 
 --input (repeatable): a directory (walked recursively), a text file of paths,
 a DICOM file, or tfds:NAME[/CONFIG]:SPLIT. The model's config is read from
-WORKDIR/config.json; pass --config (the run's config file) to override eval
-fields, e.g. --config.eval.estimator=denoising. Writes OUT/scores.parquet
+WORKDIR/config.json; --config.eval.FIELD=VALUE overrides its eval fields
+(e.g. --config.eval.estimator=denoising), with or without --config (the run's
+config file). Writes OUT/scores.parquet
 (one row per scored image), OUT/errors.parquet (one row per input that could
 not be scored, with its reason) and OUT/summary.json. Killed, the same command
 resumes: committed chunks are kept and every input ends up in exactly one table;
@@ -52,7 +53,7 @@ def main(argv):
 
 
 def run():
-  common.run(main)
+  common.run(main, config_from_workdir_flags=True)
 
 
 if __name__ == "__main__":
