@@ -88,7 +88,9 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.num_probes = 1
   evaluation.resample_probes = True   # fresh probes at every step (exponential integrators only)
   evaluation.num_time_samples = 64    # denoising estimator (and the flow diagnostics' bound)
-  evaluation.flow_diagnostics = True  # ODE runs also score the bound and compare (metrics.json)
+  # Ways of judging the model (sgc_jax/evaluators/): the class-likelihood tables and metrics,
+  # the ODE against the bound (flow diagnostics), the sample grid and its quality.
+  evaluation.evaluators = ("class_likelihood", "flow_diagnostics", "sample_quality")
   evaluation.prior = "uniform"        # "uniform" | "empirical"
   evaluation.calibrate = True
   evaluation.max_examples = 0         # 0 = the whole split

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sgc_jax import models, run_dir
+from sgc_jax import evaluators, models, run_dir
 from sgc_jax.scorer import ESTIMATORS
 from sgc_jax import sde as sde_lib
 from sgc_jax import exponential_integrator, solvers
@@ -65,6 +65,8 @@ def validate_config(config, builder=None, *, spec=None):
            f"must be in [0, 1], got {config.model.class_gaussian_shrinkage}")
 
   _one_of(evaluation.estimator, ESTIMATORS, "eval.estimator")
+  for name in evaluators.chosen(config):
+    _one_of(name, evaluators.NAMES, "eval.evaluators")
   _one_of(evaluation.solver.lower(), (*solvers.SOLVERS, *exponential_integrator.SOLVERS),
           "eval.solver")
   _one_of(evaluation.grid, exponential_integrator.GRIDS, "eval.grid")

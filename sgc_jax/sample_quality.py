@@ -1,8 +1,8 @@
 """Sample quality: how recognisable a score model's class-conditional samples are.
 
 A classifier trained on real images (in evaluations, the discriminative
-baseline of `sgc_jax.baseline`) labels samples drawn for each class; a
-sampler's classification-accuracy score is the fraction of class-y samples it
+baseline of `sgc_jax.baseline`, given to `sgc_jax.evaluators.sample_quality`)
+labels samples drawn for each class; a sampler's classification-accuracy score is the fraction of class-y samples it
 recognises as y, averaged over classes (every class gets the same number of
 samples, so this is also the overall fraction). Samples of a model that has
 learnt its classes score near the classifier's own accuracy; class-blind
@@ -11,15 +11,13 @@ recognised.
 """
 from __future__ import annotations
 
-import json
-import os
 from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from sgc_jax import baseline, sampling, sharding
+from sgc_jax import sampling
 
 
 def classification_accuracy_score(logits_fn: Callable, images, labels, num_classes: int) -> dict:
@@ -63,46 +61,3 @@ def score_samplers(score_fn, sde, logits_fn: Callable, *, num_classes: int,
     result["mean_nfe"] = float(np.mean(np.asarray(samples.num_function_evals)))
     results[name] = result
   return results
-
-
-def evaluate(config, workdir: str, score_fn, sde, image_shape, out_dir: str | None = None) -> dict:
-  """The sample-quality part of an evaluation report, with the baseline as the classifier.
-
-  Uses the baseline CNN saved in `workdir/baseline/` and trains it first
-  (`baseline.train_and_evaluate`, which also writes its metrics) when there is
-  none. Scores `config.eval.sample_quality_samplers` with
-  `config.eval.sample_quality_per_class` samples per class at
-  `config.eval.sampler_steps` steps (the ODE at the likelihood's `eval.rtol`
-  and `eval.atol`), and writes the per-class detail to
-  `out_dir/sample_quality.json` when `out_dir` is given.
-
-  Returns flat metrics: `sample_quality_<sampler>` (the score) and
-  `sample_nfe_<sampler>` (network evaluations per sample); empty when disabled.
-  """
-  ev = config.eval
-  if not ev.sample_quality_samplers or not ev.sample_quality_per_class:
-    return {}
-  logits_fn = baseline.load_logits_fn(config, workdir, image_shape)
-  if logits_fn is None:
-    baseline.train_and_evaluate(config, workdir)
-    # Process 0 saves the CNN; every process reads it back.
-    sharding.barrier("baseline saved")
-    logits_fn = baseline.load_logits_fn(config, workdir, image_shape)
-    if logits_fn is None:
-      raise FileNotFoundError(f"{workdir}/baseline/params.msgpack: not found after training the "
-                              "baseline; every process must see the workdir (shared filesystem)")
-  results = score_samplers(
-      score_fn, sde, logits_fn, num_classes=config.data.num_classes, image_shape=image_shape,
-      samplers=tuple(ev.sample_quality_samplers), per_class=ev.sample_quality_per_class,
-      key=jax.random.PRNGKey(config.seed + 4), data_range=tuple(config.data.range),
-      num_steps=ev.sampler_steps, rtol=ev.rtol, atol=ev.atol)
-  if out_dir is not None and jax.process_index() == 0:
-    os.makedirs(out_dir, exist_ok=True)
-    with open(os.path.join(out_dir, "sample_quality.json"), "w", encoding="utf-8") as f:
-      json.dump({"classifier": "baseline", "per_class_samples": ev.sample_quality_per_class,
-                 "num_steps": ev.sampler_steps, "samplers": results}, f, indent=2)
-  report = {}
-  for name, result in results.items():
-    report[f"sample_quality_{name}"] = result["score"]
-    report[f"sample_nfe_{name}"] = result["mean_nfe"]
-  return report

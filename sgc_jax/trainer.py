@@ -20,10 +20,11 @@ import numpy as np
 import optax
 import tqdm
 
-from sgc_jax import checkpointing, evaluation, losses, models, run_dir, sharding
+from sgc_jax import baseline, checkpointing, evaluation, losses, models, run_dir, sharding
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
+from sgc_jax.evaluators import sample_quality
 from sgc_jax.inputs import image_shape, model_inputs, random_flips
 from sgc_jax.models import class_gaussian
 from sgc_jax.train_state import (TrainState, abstract_train_state, create_train_state,
@@ -223,10 +224,20 @@ def _check_finite(state: TrainState, manager) -> None:
         f"(step {manager.latest_step()}) is kept in {manager.directory}")
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
+def train_and_evaluate(config, workdir: str) -> dict[str, dict]:
   """Trains to the configured step count, then classifies the evaluation split.
 
-  Returns the evaluation metrics (also written to `workdir/metrics.json`).
+  When the evaluation scores sample quality, the baseline CNN that judges the
+  samples is trained first (unless the workdir holds one): evaluators are
+  given it, they never train it. Returns `evaluation.evaluate`'s reports
+  (also written to `workdir/eval_<split>/metrics.json`).
   """
   state, model = train(config, workdir)
+  if sample_quality.needs_baseline(config):
+    builder = reader.load_builder(config.data)
+    validated = validate_config(config, builder)
+    if baseline.load_logits_fn(validated, workdir, image_shape(validated, builder)) is None:
+      baseline.train_and_evaluate(config, workdir)
+      # Process 0 saves the CNN; every process reads it back.
+      sharding.barrier("baseline saved")
   return evaluation.evaluate(config, workdir, variables=inference_variables(state), model=model)

@@ -2,9 +2,11 @@
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 
+import flax.serialization
 import jax
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ import pytest
 from sgc_jax import baseline, demo, estimators, evaluation, inputs, models, train_state
 from sgc_jax import sde as sde_lib
 from sgc_jax.data import reader, records
+from sgc_jax.evaluators import common
 
 
 def read_predictions(path):
@@ -31,7 +34,7 @@ def trained(trained_tiny_digits):
 
 def test_evaluate_from_checkpoint_writes_metrics_predictions_and_plots(trained):
   config, workdir, _, _ = trained
-  report = evaluation.evaluate(config, workdir)
+  report = evaluation.evaluate(config, workdir)["ode"]
   out = os.path.join(workdir, "eval_test")
   on_disk = json.load(open(os.path.join(out, "metrics.json"), encoding="utf-8"))
   # JSON text compares NaNs (classes absent from 8 images) and nested lists.
@@ -56,10 +59,10 @@ def test_checkpoint_and_in_memory_variables_give_the_same_likelihoods(trained):
   config.eval.calibrate = False
   config.eval.num_samples = 0
   predictions = os.path.join(workdir, "eval_test", "predictions.csv")
-  from_ckpt = evaluation.evaluate(config, workdir)
+  from_ckpt = evaluation.evaluate(config, workdir)["ode"]
   ids_ckpt, labels_ckpt, ll_ckpt = read_predictions(predictions)
   in_memory = evaluation.evaluate(config, workdir, variables=train_state.inference_variables(state),
-                                  model=model)
+                                  model=model)["ode"]
   ids_mem, labels_mem, ll_mem = read_predictions(predictions)
   assert from_ckpt["bits_per_dim"] == pytest.approx(in_memory["bits_per_dim"], rel=1e-6)
   # The whole per-image, per-class table (written to 4 decimals), not one mean.
@@ -74,8 +77,8 @@ def test_denoising_estimator_runs_through_the_same_pipeline(trained):
   config.eval.estimator = "denoising"
   config.eval.num_time_samples = 8
   config.eval.num_samples = 0
-  report = evaluation.evaluate(config, workdir)
-  assert report["mean_nfe"] == 8.0
+  report = evaluation.evaluate(config, workdir)["denoising"]
+  assert report["mean_nfe"] == 8.0 and "flow_diagnostics" not in report
   assert os.path.exists(os.path.join(workdir, "eval_test_denoising", "metrics.json"))
   ids, labels, table = read_predictions(
       os.path.join(workdir, "eval_test_denoising", "predictions.csv"))
@@ -92,6 +95,67 @@ def test_denoising_estimator_runs_through_the_same_pipeline(trained):
   direct = estimators.denoising_log_likelihoods(score_fn, sde, x, 10, key=probe_key,
                                                 num_time_samples=8, eps=config.eval.eps)
   np.testing.assert_allclose(table, np.asarray(direct.log_likelihood), rtol=1e-5, atol=2e-3)
+
+
+def test_two_tables_in_one_evaluation_share_the_bound(trained, tmp_path, monkeypatch):
+  config, source, state, model = trained
+  workdir = str(tmp_path / "run")
+  shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("eval_*", "calibration_*"))
+  config = config.copy_and_resolve_references()
+  config.eval.num_samples, config.eval.calibrate = 0, False
+  config.eval.max_examples, config.eval.num_time_samples = 4, 8
+  scored = []
+  real_score_source = common.score_source
+  monkeypatch.setattr(common, "score_source",
+                      lambda *a, **k: scored.append(k["desc"]) or real_score_source(*a, **k))
+  reports = evaluation.evaluate(config, workdir, estimators=("ode", "denoising"),
+                                variables=train_state.inference_variables(state), model=model)
+  # The flow diagnostics reuse the reported bound: each table is scored once.
+  assert scored == ["score test (ode)", "score test (denoising)"]
+  assert set(reports) == {"ode", "denoising"}
+  assert reports["ode"]["estimator"] == "ode" and reports["denoising"]["mean_nfe"] == 8.0
+  assert reports["ode"]["flow_diagnostics"]["images"] == 4
+  assert "flow_diagnostics" not in reports["denoising"]
+  for estimator, name in (("ode", "eval_test"), ("denoising", "eval_test_denoising")):
+    with open(os.path.join(workdir, name, "metrics.json"), encoding="utf-8") as f:
+      assert json.dumps(json.load(f), sort_keys=True) == json.dumps(reports[estimator],
+                                                                   sort_keys=True)
+    assert os.path.exists(os.path.join(workdir, f"calibration_{estimator}.json"))
+  # Asking for the tables, not flipping the estimator: the ODE's table is the evaluation's.
+  _, _, ode_table = read_predictions(os.path.join(workdir, "eval_test", "predictions.csv"))
+  _, _, bound_table = read_predictions(os.path.join(workdir, "eval_test_denoising",
+                                                    "predictions.csv"))
+  assert not np.allclose(ode_table, bound_table)
+
+
+def test_sample_quality_is_judged_by_a_given_baseline_never_a_trained_one(trained, tmp_path):
+  config, source, _, _ = trained
+  workdir = str(tmp_path / "run")
+  shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("eval_*", "baseline"))
+  config = config.copy_and_resolve_references()
+  config.eval.evaluators = ("class_likelihood", "sample_quality")
+  config.eval.calibrate, config.eval.max_examples = False, 4
+  config.eval.num_samples, config.eval.sampler_steps = 1, 4
+  config.eval.sample_quality_samplers = ("euler_maruyama",)
+  config.eval.sample_quality_per_class = 2
+  report = evaluation.evaluate(config, workdir)["ode"]
+  # No baseline in the workdir: the samples are drawn, not judged, and no CNN is trained.
+  assert not os.path.exists(os.path.join(workdir, "baseline"))
+  assert os.path.getsize(os.path.join(workdir, "eval_test", "samples.png")) > 1000
+  assert not any(k.startswith("sample_") for k in report)
+  assert "flow_diagnostics" not in report      # not among the chosen evaluators
+  # A saved baseline (here an untrained one) is what judges them.
+  cnn = baseline.SmallCNN(num_classes=10, width=config.baseline.width)
+  params = cnn.init(jax.random.PRNGKey(0), np.zeros((1, 8, 8, 1), np.float32))["params"]
+  os.makedirs(os.path.join(workdir, "baseline"))
+  with open(os.path.join(workdir, "baseline", "params.msgpack"), "wb") as f:
+    f.write(flax.serialization.to_bytes(params))
+  report = evaluation.evaluate(config, workdir)["ode"]
+  assert 0.0 <= report["sample_quality_euler_maruyama"] <= 1.0
+  assert report["sample_nfe_euler_maruyama"] == 4.0
+  with open(os.path.join(workdir, "eval_test", "sample_quality.json"), encoding="utf-8") as f:
+    assert json.load(f)["samplers"]["euler_maruyama"]["score"] == report[
+        "sample_quality_euler_maruyama"]
 
 
 def test_baseline_reports_the_same_metrics(trained):

@@ -27,10 +27,11 @@ import jax
 from tiny import tiny_config
 from sgc_jax import evaluation
 from sgc_jax.data import reader
+from sgc_jax.evaluators import class_likelihood
 # What this process does itself: the images of each split it scores, and
 # whether it writes the outputs.
 scored, wrote = [], []
-real_eval_batches, real_write_outputs = reader.eval_batches, evaluation.write_outputs
+real_eval_batches, real_write_outputs = reader.eval_batches, class_likelihood.write_outputs
 
 def counted_batches(*args, **kwargs):
   scored.append(0)
@@ -42,11 +43,11 @@ def recorded_write(*args, **kwargs):
   wrote.append(1)
   return real_write_outputs(*args, **kwargs)
 
-reader.eval_batches, evaluation.write_outputs = counted_batches, recorded_write
-config = tiny_config({data_dir!r})
+reader.eval_batches, class_likelihood.write_outputs = counted_batches, recorded_write
+config = tiny_config({data_dir!r}, steps=10)  # the run's config (another model's is refused)
 config.eval.max_examples = {max_examples}
 config.eval.num_samples = 0
-report = evaluation.evaluate(config, {workdir!r})
+report = evaluation.evaluate(config, {workdir!r})["ode"]
 print("REPORT " + json.dumps({{
     "metrics": {{k: report[k] for k in ("accuracy", "images", "temperature")}},
     "processes": jax.process_count(), "scored": scored, "wrote": len(wrote)}}))
@@ -101,7 +102,7 @@ def test_two_processes_score_a_split_like_one(tmp_path):
   config.eval.max_examples = 11           # an odd count: the processes get 6 and 5
   config.eval.num_samples = 0             # samples are not what this test is about (slow on CPU)
   trainer.train(config, workdir)
-  single = evaluation.evaluate(config, workdir)
+  single = evaluation.evaluate(config, workdir)["ode"]
   out = os.path.join(workdir, "eval_test")
   ids_one, _, ll_one = read_predictions(os.path.join(out, "predictions.csv"))
   shutil.rmtree(out)

@@ -145,6 +145,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(data_dir, tmp_p
     ("eval.estimator", "magic"), ("data.range", (1.0, 0.0)), ("training.label_dropout", 1.5),
     ("model.class_gaussian", "low_rank"), ("model.class_gaussian_shrinkage", -0.1),
     ("eval.resample_probes", True),      # tiny_config: adaptive Tsit5
+    ("eval.evaluators", ("class_likelihood", "bogus")),
 ])
 def test_invalid_config_fails_at_start_naming_the_field(data_dir, field, value):
   config = tiny_config(data_dir)

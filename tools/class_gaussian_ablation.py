@@ -62,16 +62,14 @@ def main():
     state, model = trainer.train(config, workdir)
     results[f"{name}_train_seconds"] = time.perf_counter() - start
     variables = train_state.inference_variables(state)
-    results[name] = _summary(evaluation.evaluate(config, workdir, variables=variables,
-                                                 model=model))
-    bound = config.copy_and_resolve_references()
-    bound.eval.estimator, bound.eval.num_samples = "denoising", 0
-    results[f"{name}_denoising_bound"] = _summary(
-        evaluation.evaluate(bound, workdir, variables=variables, model=model))
+    reports = evaluation.evaluate(config, workdir, estimators=("ode", "denoising"),
+                                  variables=variables, model=model)
+    results[name] = _summary(reports["ode"])
+    results[f"{name}_denoising_bound"] = _summary(reports["denoising"])
     if name == "skip":
       results["gaussian_only"] = _summary(evaluation.evaluate(
           config, os.path.join(args.workdir, "gaussian_only"),
-          variables=_zero_network_output(variables), model=model))
+          variables=_zero_network_output(variables), model=model)["ode"])
   os.makedirs(os.path.dirname(args.out), exist_ok=True)
   with open(args.out, "w", encoding="utf-8") as f:
     json.dump(results, f, indent=2)

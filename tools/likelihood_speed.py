@@ -56,7 +56,7 @@ import optax
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import solver_grid  # pylint: disable=wrong-import-position
-from sgc_jax import api, evaluation, likelihood, losses, models  # pylint: disable=wrong-import-position
+from sgc_jax import api, likelihood, losses, models, scorer  # pylint: disable=wrong-import-position
 from sgc_jax import reference_likelihood, solver_bench  # pylint: disable=wrong-import-position
 from sgc_jax.data import reader, records  # pylint: disable=wrong-import-position
 
@@ -283,7 +283,7 @@ def main():
   labels = np.array([r["label"] for r in batch])
   images = np.stack([r["image"] for r in batch])
   ids = jnp.arange(n, dtype=jnp.uint32)
-  x = evaluation.per_image_inputs(jax.random.PRNGKey(0), ids, images, config)
+  x = scorer.per_image_inputs(jax.random.PRNGKey(0), ids, images, config)
   results = {"device": jax.devices()[0].device_kind, "cpu_cores": os.cpu_count(), "classes": 10,
              "workdir": os.path.abspath(args.workdir), "args": vars(args), "models": []}
   networks = []                       # (name, score_fn, inputs, reference steps)

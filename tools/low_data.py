@@ -69,10 +69,9 @@ def run_one(setting: str, seed: int, workdir: str, args) -> dict:
   start = time.perf_counter()
   state, model = trainer.train(config, workdir)
   variables = train_state.inference_variables(state)
-  ode = evaluation.evaluate(config, workdir, variables=variables, model=model)
-  bound_config = config.copy_and_resolve_references()
-  bound_config.eval.estimator = "denoising"
-  bound = evaluation.evaluate(bound_config, workdir, variables=variables, model=model)
+  reports = evaluation.evaluate(config, workdir, estimators=("ode", "denoising"),
+                                variables=variables, model=model)
+  ode, bound = reports["ode"], reports["denoising"]
   cnn = baseline.train_and_evaluate(config, workdir)
   result = {name: {k: m[k] for k in _KEYS} for name, m in zip(_METHODS, (ode, bound, cnn))}
   result["ode"]["flow_diagnostics"] = ode.get("flow_diagnostics")

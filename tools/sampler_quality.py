@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import digits  # pylint: disable=wrong-import-position
-from sgc_jax import api, baseline, inputs, sample_quality  # pylint: disable=wrong-import-position
+from sgc_jax import api, baseline, inputs, run_dir, sample_quality  # pylint: disable=wrong-import-position
 
 # (sampler, sampler options) rows; step counts chosen so that the samplers
 # that cost two evaluations a step meet Euler–Maruyama at similar budgets.
@@ -46,8 +46,8 @@ def main():
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "sampler_quality.json"))
   args = parser.parse_args()
-  has_config = os.path.exists(os.path.join(args.workdir, api.CONFIG_FILE))
-  trained = api.load(args.workdir, None if has_config else digits.get_config())
+  trained = api.load(args.workdir,
+                     None if run_dir.has_config(args.workdir) else digits.get_config())
   config, sde, score_fn = trained.config, trained.sde, trained.score_fn
   shape = inputs.image_shape(config, trained.builder)
   logits_fn = baseline.load_logits_fn(config, args.workdir, shape)

@@ -84,7 +84,7 @@ def run_variant(name: str, workdir: str, run: dict, save) -> None:
     run.setdefault("train_seconds", time.perf_counter() - start)
     variables = train_state.inference_variables(state)
   if "ode" not in run:
-    ode = evaluation.evaluate(config, out_dir, variables=variables, model=model)
+    ode = evaluation.evaluate(config, out_dir, variables=variables, model=model)["ode"]
     run["ode"] = {**_summary(ode), "flow_diagnostics": ode["flow_diagnostics"]}
     save()
   if name in SHARED_TRAINING:
@@ -93,9 +93,10 @@ def run_variant(name: str, workdir: str, run: dict, save) -> None:
     if part in run:
       continue
     bound = config.copy_and_resolve_references()
-    bound.eval.estimator, bound.eval.eps = "denoising", eps
+    bound.eval.eps = eps
     run[part] = _summary(evaluation.evaluate(bound, os.path.join(out_dir, part),
-                                             variables=variables, model=model))
+                                             estimators=("denoising",), variables=variables,
+                                             model=model)["denoising"])
     save()
 
 

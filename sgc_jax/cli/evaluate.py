@@ -1,8 +1,11 @@
 """sgc-evaluate: classify a split with the latest checkpoint of a workdir.
 
-    sgc-evaluate --config configs/digits.py --workdir /tmp/digits
+    sgc-evaluate --workdir /tmp/digits                  # the config the run saved
+    sgc-evaluate --config configs/digits.py --workdir /tmp/digits --config.eval.estimator=denoising
 
-Writes WORKDIR/eval_<split>/metrics.json, predictions.csv and PNG plots.
+Runs the evaluators `config.eval.evaluators` names and writes
+WORKDIR/eval_<split>/metrics.json, predictions.csv and PNG plots. A --config
+may differ from the trained run's only in its eval block.
 """
 import json
 
@@ -13,18 +16,19 @@ from sgc_jax import evaluation
 from sgc_jax.cli import common
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Path to an ml_collections config file.",
+config_flags.DEFINE_config_file("config", None, "Path to the run's ml_collections config file, "
+                                "to change eval fields (default: WORKDIR/config.json).",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Training workdir holding the checkpoints.")
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   del argv
   # Orbax and TFDS log every save at INFO; progress bars and reports say what matters.
   logging.set_verbosity(logging.WARNING)
-  report = evaluation.evaluate(FLAGS.config, FLAGS.workdir)
-  print(json.dumps(report, indent=2))
+  reports = evaluation.evaluate(FLAGS.config, FLAGS.workdir)
+  print(json.dumps(reports, indent=2))
 
 
 def run():

@@ -257,12 +257,16 @@ def load_mammogram(path, options: PreprocessOptions = PreprocessOptions(), *,
 
   Returns:
     (image, metadata): the [S, S, 1] image and `read_dicom`'s metadata with
-    laterality set to the side used and flipped (bool) added.
+    laterality set to the side used, which the orientation rule may have
+    decided from the image content, declared_laterality to the side the table
+    or the tags state ("" when neither does), and flipped (bool) added.
   """
   pixels, metadata = read_dicom(path, allowed_modalities, apply_voi=options.apply_voi)
   side = _normalise_side(laterality) or metadata["laterality"]
   image, (flipped, side_used) = _preprocess(pixels, side, options, source=os.fspath(path))
   metadata["laterality"] = side_used
+  # What breast-level fusion groups by: a side guessed from the image is no grouping key.
+  metadata["declared_laterality"] = side
   metadata["flipped"] = flipped
   return image, metadata
 

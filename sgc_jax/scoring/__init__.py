@@ -20,7 +20,12 @@ each a module that can be used and tested alone:
 * `run`: the loop, resuming from what is committed (after a kill, even kill -9,
   the final tables hold exactly one row per input; a changed file is
   rescored; an output made with other settings is refused), the merge into
-  `scores.parquet` and `errors.parquet` in input order, and `summary.json`.
+  `scores.parquet` and `errors.parquet` in input order, and `summary.json`;
+* `tables`: `breasts.parquet` (the views of a breast fused: summed
+  log-likelihoods, breast-level posterior) and `exams.parquet` (the most
+  suspicious breast of each exam), from the image rows;
+* `report`: `report.html`, one self-contained page of the run (thumbnails
+  written while scoring).
 """
 from sgc_jax.scoring.chunks import (ERRORS_FILE, SCORES_FILE, ScoringError,
                                     SettingsMismatchError, committed_chunks)

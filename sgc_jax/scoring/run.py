@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import tqdm
 
 from sgc_jax import api, model_calibration, sharding
-from sgc_jax.scoring import chunks, decode, score
+from sgc_jax.scoring import chunks, decode, report, score, tables
 from sgc_jax.scoring.inputs import DUPLICATE, Item, identify, list_inputs
 
 SUMMARY_FILE = "summary.json"
@@ -145,6 +145,10 @@ def score_archive(trained, inputs: Sequence[str], out_dir: str, *, per_device_ba
     raise ValueError(f"--input: the model was trained on {spec.dataset} records, not on "
                      "DICOMs; score tfds: inputs of that dataset")
   calibration = model_calibration.load(trained.workdir, trained.config.eval.estimator)
+  # Not in the chunks' identity: the breast tables are rebuilt from the image rows at every merge.
+  breast_calibration = tables.breast_calibration(trained.workdir, trained.config.eval.estimator,
+                                                 calibration, len(spec.class_names))
+  thumbnails = report.Thumbnails(out_dir, 2**trained.config.data.bit_depth - 1)
   schemas = score.schemas(spec.class_names)
   identity = chunks.run_identity(trained, calibration)
   if process == 0:
@@ -167,7 +171,7 @@ def score_archive(trained, inputs: Sequence[str], out_dir: str, *, per_device_ba
                                 process=process, chunk_size=chunk_size)
     decoder = functools.partial(decode.decode_file, options=options, allowed=allowed)
     scored_here = _score_all(decode.decode_stream(mine, pool, decoder, window=window),
-                             scorer, writer, first_of=dict(plan.scored_uids),
+                             scorer, writer, thumbnails, first_of=dict(plan.scored_uids),
                              total=len(mine), progress=progress and process == 0)
   seconds = time.perf_counter() - start
   totals = sharding.gather_from_processes(
@@ -176,6 +180,7 @@ def score_archive(trained, inputs: Sequence[str], out_dir: str, *, per_device_ba
   summary = None
   if process == 0:
     summary = _merge(items, out_dir, schemas, identity, calibration, plan,
+                     breast_calibration=breast_calibration, thumbnails=thumbnails,
                      write_csv=write_csv, scored_this_run=int(totals["scored"].sum()),
                      seconds=float(totals["seconds"].max()),
                      devices_per_process=trained.mesh.size)
@@ -186,9 +191,13 @@ def score_archive(trained, inputs: Sequence[str], out_dir: str, *, per_device_ba
   return summary
 
 
-def _score_all(stream, scorer: score.Scorer, writer: chunks.ChunkWriter, *,
-               first_of: dict[str, str], total: int, progress: bool) -> int:
+def _score_all(stream, scorer: score.Scorer, writer: chunks.ChunkWriter,
+               thumbnails: report.Thumbnails, *, first_of: dict[str, str], total: int,
+               progress: bool) -> int:
   """Scores and commits every decoded item of `stream`; returns how many were scored.
+
+  Each image's thumbnail is written before its row is committed, so every
+  committed row has one (a rescored file's replaces the old).
 
   `first_of` maps a SOPInstanceUID to the key of the input scored for it (kept
   rows, then this run's): a later input with that UID is reported as its duplicate.
@@ -212,6 +221,7 @@ def _score_all(stream, scorer: score.Scorer, writer: chunks.ChunkWriter, *,
         writer.add(errors=[score.error_row(decoded, decoded.error)])
         bar.update(1)
         continue
+      thumbnails.write(decoded.item.key, decoded.image)
       batch.append(decoded)
       if len(batch) == scorer.batch_size:
         writer.add(*scorer.score(batch))
@@ -227,9 +237,12 @@ def _score_all(stream, scorer: score.Scorer, writer: chunks.ChunkWriter, *,
 
 
 def _merge(items, out_dir: str, schemas, identity: dict, calibration, plan: Plan, *,
-           write_csv: bool, scored_this_run: int, seconds: float,
-           devices_per_process: int) -> dict:
-  """Writes the final tables in input order; checks each input is in exactly one."""
+           breast_calibration: tuple, thumbnails: report.Thumbnails, write_csv: bool,
+           scored_this_run: int, seconds: float, devices_per_process: int) -> dict:
+  """Writes the final tables in input order, the breast and exam tables and the report.
+
+  Checks each input is in exactly one of the image tables.
+  """
   chunk_dir = os.path.join(out_dir, CHUNKS_DIR)
   scores, errors = chunks.read_committed(chunk_dir, schemas, identity).latest()
   order = {item.key: i for i, item in enumerate(items)}
@@ -238,20 +251,22 @@ def _merge(items, out_dir: str, schemas, identity: dict, calibration, plan: Plan
   if missing:
     raise chunks.ScoringError(f"{len(missing)} inputs have no row (e.g. {missing[0]}): a "
                               "process stopped early; rerun the same command to finish")
-  tables = {}
+  final = {}
   for name, table in ((chunks.SCORES_FILE, scores), (chunks.ERRORS_FILE, errors)):
     # Rows of inputs no longer listed (an earlier run's) are left out.
     table = table.filter(pc.is_in(table.column("key"), value_set=pa.array(list(order))))
     index = pa.array([order[k] for k in table.column("key").to_pylist()], pa.int64())
-    tables[name] = table.take(pc.sort_indices(index))
-  # The per-image tables are final here: tables aggregated from them (per breast, per
-  # exam) and a report join `tables` at this point.
-  for name, table in tables.items():
+    final[name] = table.take(pc.sort_indices(index))
+  scores, errors = final[chunks.SCORES_FILE], final[chunks.ERRORS_FILE]
+  fused_calibration, fused_from = breast_calibration
+  breasts = tables.breast_table(scores, identity["classes"], fused_calibration)
+  final[tables.BREASTS_FILE] = breasts
+  final[tables.EXAMS_FILE] = tables.exam_table(breasts, identity["classes"])
+  for name, table in final.items():
     chunks.write_table(chunks.with_identity(table, identity), os.path.join(out_dir, name))
     if write_csv:
-      chunks.write_table(table, os.path.join(out_dir, os.path.splitext(name)[0] + ".csv"),
-                         "csv")
-  scores, errors = tables[chunks.SCORES_FILE], tables[chunks.ERRORS_FILE]
+      chunks.write_table(tables.flat(table),
+                         os.path.join(out_dir, os.path.splitext(name)[0] + ".csv"), "csv")
   summary = {
       "inputs": len(items),
       "scored": scores.num_rows,
@@ -262,6 +277,13 @@ def _merge(items, out_dir: str, schemas, identity: dict, calibration, plan: Plan
       "ood_threshold_bits_per_dim": (None if calibration is None
                                      else calibration.ood_threshold_bits_per_dim),
       "calibrated": calibration is not None,
+      "breasts": breasts.num_rows,
+      "breasts_with_several_views": int(sum(v > 1 for v in breasts.column("views").to_pylist())),
+      "breasts_by_fusion": dict(sorted(collections.Counter(
+          breasts.column("fusion").to_pylist()).items())),
+      "exams": final[tables.EXAMS_FILE].num_rows,
+      "breast_temperature": float(fused_calibration.temperature),
+      "breast_calibration": fused_from,
       "previously_committed": plan.kept,
       "changed_since_committed": plan.changed,
       "scored_this_run": scored_this_run,
@@ -282,6 +304,8 @@ def _merge(items, out_dir: str, schemas, identity: dict, calibration, plan: Plan
     f.flush()
     os.fsync(f.fileno())
   os.replace(os.path.join(out_dir, chunks.TMP_PREFIX + SUMMARY_FILE), path)
+  report.write_report(out_dir, summary, scores, errors, breasts, identity["classes"],
+                      thumbnails)
   return summary
 
 
@@ -293,6 +317,11 @@ def format_summary(summary: dict) -> str:
   threshold = summary["ood_threshold_bits_per_dim"]
   rows += [("out of distribution", summary["ood"] if threshold is not None
             else "n/a (no calibration: run sgc-evaluate)"),
+           ("breasts", f"{summary['breasts']} ({summary['breasts_with_several_views']} of "
+                       "several views)"),
+           ("exams", summary["exams"]),
+           ("breast temperature", f"{summary['breast_temperature']:.4g} "
+                                  f"({summary['breast_calibration']})"),
            ("scored this run", summary["scored_this_run"]),
            ("changed since committed", summary["changed_since_committed"]),
            ("images/s", summary["images_per_s"]), ("seconds", summary["seconds"]),

@@ -46,7 +46,8 @@ def schemas(names) -> tuple[pa.Schema, pa.Schema]:
             ("mtime", pa.float64()), ("sop_instance_uid", pa.string())]
   scores = common + [
       ("study_instance_uid", pa.string()), ("patient_id", pa.string()), ("view", pa.string()),
-      ("laterality", pa.string()), ("image_key", pa.uint32())]
+      ("laterality", pa.string()), ("declared_laterality", pa.string()),
+      ("image_key", pa.uint32())]
   scores += [(f"log_likelihood_{n}", pa.float64()) for n in names]
   scores += [(f"bits_per_dim_{n}", pa.float64()) for n in names]
   scores += [(f"probability_{n}", pa.float64()) for n in names]
@@ -136,6 +137,10 @@ class Scorer:
     for column, field in (("study_instance_uid", "study_id"), ("patient_id", "patient_id"),
                           ("view", "view"), ("laterality", "laterality")):
       row[column] = clean_text(metadata.get(field, ""))
+    # Records hold the side their dataset's table or tags declared; a DICOM's preprocessing
+    # may have guessed `laterality` from the image, and fusion must not group by a guess.
+    row["declared_laterality"] = clean_text(metadata.get("declared_laterality",
+                                                         metadata.get("laterality", "")))
     row["image_key"] = identity
     for c, name in enumerate(self.names):
       row[f"log_likelihood_{name}"] = float(ll[c])
