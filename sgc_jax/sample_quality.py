@@ -2,18 +2,17 @@
 
 A classifier trained on real images (in evaluations, the discriminative
 baseline of `sgc_jax.baseline`, given to `sgc_jax.evaluators.sample_quality`)
-labels samples drawn for each class; a sampler's classification-accuracy score is the fraction of class-y samples it
-recognises as y, averaged over classes (every class gets the same number of
-samples, so this is also the overall fraction). Samples of a model that has
-learnt its classes score near the classifier's own accuracy; class-blind
-samples score near chance, 1 / num_classes. A failed (NaN) sample counts as not
-recognised.
+labels samples drawn for each class; a sampler's classification-accuracy
+score is the fraction of class-y samples it recognises as y, averaged over
+classes (every class gets the same number of samples, so this is also the
+overall fraction). Samples of a model that has learnt its classes score near
+the classifier's own accuracy; class-blind samples score near chance,
+1 / num_classes. A failed (NaN) sample counts as not recognised.
 """
 from __future__ import annotations
 
 from typing import Callable, Sequence
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
