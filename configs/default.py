@@ -89,8 +89,11 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.resample_probes = True   # fresh probes at every step (exponential integrators only)
   evaluation.num_time_samples = 64    # denoising estimator (and the flow diagnostics' bound)
   # Ways of judging the model (sgc_jax/evaluators/): the class-likelihood tables and metrics,
-  # the ODE against the bound (flow diagnostics), the sample grid and its quality.
-  evaluation.evaluators = ("class_likelihood", "flow_diagnostics", "sample_quality")
+  # the ODE against the bound (flow diagnostics), the sample grid and its quality, and the
+  # views of each breast fused (where the records carry study and laterality).
+  evaluation.evaluators = ("class_likelihood", "flow_diagnostics", "sample_quality",
+                           "breast_level")
+  evaluation.bootstrap_replicates = 2000   # breast_level's 95 % intervals (as NYU's)
   evaluation.prior = "uniform"        # "uniform" | "empirical"
   evaluation.calibrate = True
   evaluation.max_examples = 0         # 0 = the whole split

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html.parser
 import os
+import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -21,7 +22,7 @@ from sgc_jax import breast_level, classifier, model_calibration
 from sgc_jax import sde as sde_lib
 from sgc_jax.scoring import report, score, tables
 # The end-to-end run reuses test_scoring's tiny trained model and real archive.
-from test_scoring import archive, cases, scored, trained  # noqa: F401  pylint: disable=unused-import
+from test_scoring import archive, cases, scored, trained  # pylint: disable=unused-import
 
 NAMES = ("benign", "malignant", "other")
 EPS = 1e-5
@@ -268,3 +269,43 @@ def test_score_archive_writes_breasts_exams_and_report(scored):
                                                             if r["ood"])
   assert all(s.startswith("data:image/png;base64,") for s in page.sources)
   assert len(os.listdir(os.path.join(out, report.THUMBNAILS_DIR))) == 8
+
+
+def test_the_breast_level_evaluator_fits_stores_and_reports(tmp_path):
+  """`sgc-evaluate`'s breast_level on a fake job: records with study and laterality, or none."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from sgc_jax.evaluators import breast_level as evaluator  # pylint: disable=g-import-not-at-top
+
+  def part(n, seed):
+    ll, labels, grouping = _binary_data(n, seed)
+    source = [{"study_id": grouping.exam[i].split(":")[1].encode(),
+               "laterality": grouping.laterality[i].encode(), "patient_id": b"",
+               "view": np.asarray(b"CC"), "label": labels[i]} for i in range(len(labels))]
+    table = {"log_likelihood": ll * 20, "label": labels,
+             "success": np.ones((len(labels), 2), bool)}
+    return source, table
+
+  eval_source, eval_table = part(40, seed=2)
+  val_source, val_table = part(60, seed=3)
+  eval_table["success"][0, 1] = False   # a failed solve: left out, its breast has one view
+  config = ml_collections.ConfigDict({"eval": {"prior": "uniform", "calibrate": True,
+                                               "bootstrap_replicates": 100}, "seed": 0})
+  model = types.SimpleNamespace(config=config, num_classes=2, step=7)
+  tables_ = types.SimpleNamespace(get=lambda estimator, which="eval": {
+      "eval": eval_table, "validation": val_table}[which])
+  data = types.SimpleNamespace(eval_source=eval_source, val_source=val_source,
+                               train_source=val_source)
+  job = types.SimpleNamespace(model=model, tables=tables_, data=data, workdir=str(tmp_path))
+  found = evaluator.run(job, "ode")["breast_level"]
+  assert found["images"] == 159 and found["breasts"] == 80 and found["exams"] == 40
+  assert found["breast_temperature_validation_breasts"] == 120
+  stored = breast_level.load_calibration(str(tmp_path), "ode")
+  assert stored.breasts == 120 and stored.images == 240 and stored.step == 7
+  assert found["breast_temperature"] == pytest.approx(stored.temperature)
+  for level in ("image", "breast"):
+    assert found[level]["bootstrap_replicates"] == 100
+    low, high = found[level]["auc_ci95"]
+    assert low <= found[level]["auc"] <= high
+  # Records without a study (digits): nothing to fuse, nothing reported.
+  data.eval_source = [{"label": 0, "image": np.zeros(1)}] * 160
+  assert evaluator.run(job, "ode") == {}

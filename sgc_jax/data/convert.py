@@ -234,13 +234,9 @@ def save_preview(builder, path: str, max_images: int = 16) -> str:
     axis = figure.add_subplot(rows, columns, i + 1)
     axis.imshow(np.asarray(record["image"])[..., 0], cmap="gray", vmin=0, vmax=max_value)
     label = mammography.CLASS_NAMES[int(record["label"])]
-    axis.set_title(f"{split} {label} {_text(record['laterality'])} {_text(record['view'])}",
-                   fontsize=8)
+    side, view = records.text(record["laterality"]), records.text(record["view"])
+    axis.set_title(f"{split} {label} {side} {view}", fontsize=8)
     axis.axis("off")
   figure.tight_layout()
   figure.savefig(path, dpi=80)
   return path
-
-
-def _text(value) -> str:
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)

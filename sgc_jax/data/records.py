@@ -99,3 +99,9 @@ def data_source(builder: tfds.core.DatasetBuilder, split: str):
     raise ValueError(f"data.split: {builder.name} has no split {split!r}; "
                      f"available: {sorted(builder.info.splits)}")
   return builder.as_data_source(split=split)
+
+
+def text(value) -> str:
+  """A record's string field as `str` (sources return bytes, or 0-d arrays of them)."""
+  value = value.item() if isinstance(value, np.ndarray) else value
+  return value.decode("utf-8") if isinstance(value, bytes) else str(value)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib
 
 # The default: every way of judging a model this package has.
-NAMES = ("class_likelihood", "flow_diagnostics", "sample_quality")
+NAMES = ("class_likelihood", "flow_diagnostics", "sample_quality", "breast_level")
 
 
 def chosen(config) -> tuple[str, ...]:

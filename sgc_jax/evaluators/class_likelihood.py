@@ -22,20 +22,32 @@ from sgc_jax.data import reader
 PER_ESTIMATOR = True
 
 
-def run(job, estimator: str) -> dict:
-  """Scores the split (and validation) with `estimator`; writes its outputs; returns metrics."""
+def image_calibration(job, estimator: str):
+  """(the image-level calibration, the validation table it was fitted on or None).
+
+  The configured prior; the temperature fitted on the held-out validation
+  images when `eval.calibrate` and there are some, else T = 1.
+  """
   model = job.model
-  config, ev, num_classes = model.config, model.config.eval, model.num_classes
-  log_prior = classifier.log_prior(ev.prior, num_classes,
+  ev = model.config.eval
+  log_prior = classifier.log_prior(ev.prior, model.num_classes,
                                    train_labels=reader.labels_of(job.data.train_source)
                                    if ev.prior == "empirical" else None)
-  scored = job.tables.get(estimator)
   calibration = classifier.Calibration(temperature=1.0, log_prior=log_prior)
   val_scored = job.tables.get(estimator, "validation") if ev.calibrate else None
   if val_scored is not None:
     ok = val_scored["success"].all(axis=1)
     calibration = classifier.calibrate(val_scored["log_likelihood"][ok],
                                        val_scored["label"][ok], log_prior)
+  return calibration, val_scored
+
+
+def run(job, estimator: str) -> dict:
+  """Scores the split (and validation) with `estimator`; writes its outputs; returns metrics."""
+  model = job.model
+  config = model.config
+  scored = job.tables.get(estimator)
+  calibration, val_scored = image_calibration(job, estimator)
   report = summarize(config, scored, calibration, model.spec, estimator=estimator)
   if val_scored is not None:
     report["validation_images"] = int(len(val_scored["label"]))

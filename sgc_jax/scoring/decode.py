@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
-from sgc_jax.data import dicom
+from sgc_jax.data import dicom, records
 from sgc_jax.scoring.inputs import UNREADABLE, Item
 
 WORKER_CRASH = "WorkerCrashError"
@@ -170,16 +170,11 @@ def read_record(item: Item) -> tuple[np.ndarray, dict]:
   """(image, metadata) of a tfds: record."""
   source, index = item.record
   record = source[index]
-  metadata = {k: _text(record[k]) for k in ("patient_id", "study_id", "image_id", "view",
+  metadata = {k: records.text(record[k]) for k in ("patient_id", "study_id", "image_id", "view",
                                             "laterality") if k in record}
   if "id" in record:
     metadata["record_id"] = int(record["id"])
   return np.asarray(record["image"]), metadata
-
-
-def _text(value) -> str:
-  value = value.item() if isinstance(value, np.ndarray) else value
-  return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def decode_stream(items: Sequence[Item], pool: Pool, decode: Callable, *,
