@@ -55,6 +55,10 @@ def get_config() -> ml_collections.ConfigDict:
   training.warmup_steps = 0
   training.grad_clip_norm = 0.0       # 0 disables clipping
   training.ema_decay = 0.0            # 0 disables the EMA (the seed has none)
+  # With an EMA and BatchNorm: recompute the statistics the EMA scores with under the EMA
+  # parameters, from this many training batches at every checkpoint (sgc_jax/precise_bn.py;
+  # 0 keeps the raw parameters' running averages). Off: measured to move decisions both ways.
+  training.precise_bn_batches = 0
   training.eps = 1e-5                 # smallest training time
   training.reduce_mean = False        # the seed sums the squared error over pixels
   training.likelihood_weighting = False

@@ -20,7 +20,8 @@ import numpy as np
 import optax
 import tqdm
 
-from sgc_jax import baseline, checkpointing, evaluation, losses, models, run_dir, sharding
+from sgc_jax import (baseline, checkpointing, evaluation, losses, models, precise_bn, run_dir,
+                     sharding)
 from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
@@ -185,6 +186,7 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
         progress.set_postfix(loss=f"{scalars['loss']:.4g}")
       if done % training.checkpoint_every == 0 or done == training.num_steps:
         _check_finite(state, manager)
+        state = _with_precise_batch_stats(state, config, model, sde, train_source, done, mesh)
         checkpointing.save(manager, done, state, data_iter.get_state())
   finally:
     progress.close()
@@ -213,6 +215,41 @@ def _with_class_gaussians(state: TrainState, config, train_source, mesh) -> Trai
       shrinkage=config.model.class_gaussian_shrinkage)
   stats = jax.device_put(stats, sharding.replicated(mesh))
   return state.replace(model_state={**state.model_state, class_gaussian.COLLECTION: stats})
+
+
+def _with_precise_batch_stats(state: TrainState, config, model, sde, train_source, step: int,
+                              mesh) -> TrainState:
+  """`state` with BatchNorm statistics recomputed under its EMA parameters (`precise_bn`).
+
+  The running statistics serve only inference, and inference uses the EMA, so
+  they are replaced, not kept beside; training mode normalises with batch
+  statistics and never reads them. The images and noise are keyed by `step`,
+  and every process reads the same images from the whole split, so all
+  processes (and a resumed run) compute the same statistics.
+  """
+  training = config.training
+  if (not training.ema_decay or not training.get("precise_bn_batches", 0)
+      or precise_bn.COLLECTION not in state.model_state):
+    return state
+  data_key, noise_key = jax.random.split(
+      jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step))
+  batch_size = min(training.batch_size, len(train_source))
+
+  def batches():
+    for i in range(training.precise_bn_batches):
+      batch_key = jax.random.fold_in(data_key, i)
+      index = np.asarray(jax.random.choice(batch_key, len(train_source), (batch_size,),
+                                           replace=False))
+      records = [train_source[int(j)] for j in index]
+      x0 = model_inputs(jax.random.fold_in(batch_key, 1),
+                        np.stack([r["image"] for r in records]), config)
+      yield x0, jnp.asarray([r["label"] for r in records], jnp.int32)
+
+  variables = {"params": state.ema_params, **state.model_state}
+  stats = precise_bn.precise_batch_stats(model.apply, variables, batches(),
+                                         noise_key, sde, eps=training.eps)
+  stats = jax.device_put(stats, sharding.replicated(mesh))
+  return state.replace(model_state={**state.model_state, precise_bn.COLLECTION: stats})
 
 
 def _check_finite(state: TrainState, manager) -> None:

@@ -1,0 +1,88 @@
+"""BatchNorm statistics recomputed for the parameters that score: the EMA.
+
+A network with BatchNorm (the seed U-Net) scores with running averages of
+its batch statistics, and training accumulates those for the *raw*
+parameters, while scoring uses the exponential moving average of the
+parameters. The averaged network normalises its activations with another
+network's statistics, so its score, and the probability-flow density built
+from it, is off. "Precise BatchNorm" (Wu & Johnson, 2021) recomputes the
+statistics under the parameters that will be used: a few forward passes in
+training mode over training images perturbed exactly as the loss perturbs
+them (t uniform on [eps, T], x_t = alpha x_0 + sigma z), averaged with equal
+weights (`training.precise_bn_batches` at every checkpoint).
+
+Measured on the seed U-Net on 16x16 digits (8,000 steps, EMA 0.999, exact
+ODE on 200 test images, the same weights with either statistics): 0.715 ->
+0.77 on data in [-1, 1], but 0.765 -> 0.69 on data in [0, 1]. The decisions
+of these models sit a few nats apart, so any small change of the network
+moves several points of accuracy either way; the recomputation is therefore
+off by default, and kept as the principled choice to measure on stronger
+models.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Iterable
+
+import jax
+import jax.numpy as jnp
+
+COLLECTION = "batch_stats"
+
+
+def _stats_from_zero_state(apply_fn, variables, x, t, y):
+  """Running statistics after one training-mode update from all-zero statistics."""
+  zero = jax.tree.map(jnp.zeros_like, variables[COLLECTION])
+  _, new = apply_fn({**variables, COLLECTION: zero}, x, t, y, train=True, mutable=[COLLECTION])
+  return new[COLLECTION]
+
+
+def _momentum(apply_fn, variables, x, t, y):
+  """Each statistic's update momentum m (running <- m running + (1 - m) batch).
+
+  Read off two updates of the same batch from all-zero and all-one statistics,
+  so no layer's momentum has to be known here.
+  """
+  ones = jax.tree.map(jnp.ones_like, variables[COLLECTION])
+  _, from_ones = apply_fn({**variables, COLLECTION: ones}, x, t, y, train=True,
+                          mutable=[COLLECTION])
+  from_zero = _stats_from_zero_state(apply_fn, variables, x, t, y)
+  return jax.tree.map(jnp.subtract, from_ones[COLLECTION], from_zero)
+
+
+def precise_batch_stats(apply_fn: Callable, variables: dict,
+                        batches: Iterable[tuple[jax.Array, jax.Array]], key: jax.Array, sde, *,
+                        eps: float) -> dict:
+  """The BatchNorm statistics of `variables`, averaged over perturbed training `batches`.
+
+  Args:
+    apply_fn: the network's `apply(variables, x, t, y, train=..., mutable=...)`.
+    variables: the parameters to score with (the EMA) and the other collections,
+      including `batch_stats`, whose values are replaced.
+    batches: (x0 [B, H, W, C] model inputs, labels [B]) pairs, each one BatchNorm batch.
+    key: PRNG key for the times and the noise.
+    sde: the training SDE (`perturb`, `T`).
+    eps: the smallest training time.
+
+  Returns:
+    A `batch_stats` tree: per statistic, the mean of the batches' own statistics.
+  """
+
+  @jax.jit
+  def perturb(key, x0):
+    t_key, z_key = jax.random.split(key)
+    t = eps + jax.random.uniform(t_key, (x0.shape[0],)) * (sde.T - eps)
+    return sde.perturb(x0, t, jax.random.normal(z_key, x0.shape, x0.dtype)), t
+
+  stats_fn = jax.jit(functools.partial(_stats_from_zero_state, apply_fn))
+  momentum, total, count = None, None, 0
+  for i, (x0, y) in enumerate(batches):
+    xt, t = perturb(jax.random.fold_in(key, i), x0)
+    if momentum is None:
+      momentum = jax.jit(functools.partial(_momentum, apply_fn))(variables, xt, t, y)
+    stats = jax.tree.map(lambda s, m: s / (1.0 - m), stats_fn(variables, xt, t, y), momentum)
+    total = stats if total is None else jax.tree.map(jnp.add, total, stats)
+    count += 1
+  if not count:
+    raise ValueError("batches: no batch to compute BatchNorm statistics from")
+  return jax.tree.map(lambda s: s / count, total)
