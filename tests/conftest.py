@@ -1,8 +1,12 @@
 """Test-wide settings: 4 forced CPU devices (so every sharded path is exercised)."""
 import os
 
-# Must be set before JAX initialises its backends.
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# Must be set before JAX initialises its backends. XLA:CPU aborts the process when a device
+# thread misses a collective for 40 s, which 4 devices on 2 loaded cores can (seen here on a
+# training step): the longer timeouts keep a slow machine slow rather than dead.
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4"
+                      " --xla_cpu_collective_call_terminate_timeout_seconds=1200"
+                      " --xla_cpu_collective_timeout_seconds=1200")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import pytest  # pylint: disable=wrong-import-position
