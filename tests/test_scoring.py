@@ -9,7 +9,9 @@ from `pydicom-data` and the bad inputs an export holds.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import hashlib
+import json
 import os
 import shutil
 import signal
@@ -24,10 +26,10 @@ import pyarrow.parquet as pq
 import pydicom
 import pytest
 from pydicom.data import get_testdata_file
-from pydicom.uid import UID
+from pydicom.uid import UID, generate_uid
 
 from sgc_jax import evaluation, model_calibration, run_dir, scoring, sharding, trainer
-from sgc_jax.data import convert, records
+from sgc_jax.data import convert, dicom, reader, records
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -214,10 +216,109 @@ def test_score_rows_hold_metadata_calibrated_posteriors_and_ood(scored, trained)
     dims = 64 * 64 * loaded.config.data.num_channels
     np.testing.assert_allclose(row["bits_per_dim_benign"], -ll[0] / (dims * np.log(2)) + 8,
                                rtol=1e-9)
-    assert row["ood"] == (row["ood_score_bits_per_dim"] > stored.ood_threshold_bits_per_dim)
+    # Each OOD score from its definition: the class-marginal bits/dim (prior as stored), the
+    # compressor's bits/dim of the preprocessed integers, and Serra et al.'s difference.
+    marginal = np.logaddexp.reduce(ll + np.asarray(stored.log_prior))
+    np.testing.assert_allclose(row["ood_score_bits_per_dim"],
+                               -marginal / (dims * np.log(2)) + 8, rtol=1e-9)
+    image, _ = dicom.load_mammogram(row["path"], loaded.spec.preprocess_options())
+    assert row["ood_compressor_bits_per_dim"] == model_calibration.compressed_bits(image) / dims
+    np.testing.assert_allclose(row["ood_complexity_score"], row["ood_score_bits_per_dim"]
+                               - row["ood_compressor_bits_per_dim"], rtol=1e-12)
+    assert row["ood_low_bits"] == (row["ood_score_bits_per_dim"]
+                                   < stored.ood_low_threshold_bits_per_dim)
+    assert row["ood_high_bits"] == (row["ood_score_bits_per_dim"]
+                                    > stored.ood_threshold_bits_per_dim)
+    assert row["ood_complexity"] == (row["ood_complexity_score"]
+                                     > stored.ood_complexity_threshold)
+    assert row["ood"] == (row["ood_low_bits"] or row["ood_high_bits"] or row["ood_complexity"])
     # Network evaluations per (image, class), as in metrics.json: K = 4 time samples.
     assert row["nfe_benign"] == row["nfe_malignant"] == 4
   assert os.path.exists(os.path.join(out, "scores.csv"))
+
+
+def test_ood_thresholds_are_the_validation_quantiles(scored, trained):
+  """Recomputed from the validation images: the stored thresholds are their quantiles."""
+  loaded = scored[0]
+  config = loaded.config
+  stored = model_calibration.load(trained, "denoising")
+  _, validation = reader.training_sources(loaded.builder, config.data, seed=config.seed)
+  images = np.stack([validation[i]["image"] for i in range(len(validation))])
+  # Records without stored ids are keyed by their position, as sgc-evaluate keys them.
+  ll = loaded.log_likelihoods(images, ids=np.arange(len(images))).log_likelihood
+  dims = 64 * 64 * config.data.num_channels
+  bpd = model_calibration.marginal_bits_per_dim(ll, stored.log_prior, dims, config.data)
+  complexity = [b - model_calibration.compressed_bits(x) / dims for b, x in zip(bpd, images)]
+  assert (stored.ood_low_quantile, stored.ood_quantile, stored.ood_complexity_quantile) == (
+      0.0025, 0.9975, 0.995)
+  assert stored.ood_compressor == model_calibration.COMPRESSOR and stored.ood_images == 2
+  np.testing.assert_allclose(
+      [stored.ood_low_threshold_bits_per_dim, stored.ood_threshold_bits_per_dim,
+       stored.ood_complexity_threshold],
+      [np.quantile(bpd, 0.0025), np.quantile(bpd, 0.9975), np.quantile(complexity, 0.995)],
+      rtol=1e-6)
+
+
+def test_an_old_calibration_file_loads_without_the_new_tests(trained, tmp_path, caplog):
+  stored = model_calibration.load(trained, "denoising")
+  old = {k: v for k, v in dataclasses.asdict(stored).items()
+         if k in ("temperature", "log_prior", "ood_threshold_bits_per_dim", "ood_quantile",
+                  "ood_images", "estimator", "step")}
+  with open(model_calibration.path(str(tmp_path), "denoising"), "w", encoding="utf-8") as f:
+    json.dump(old, f)
+  loaded = model_calibration.load(str(tmp_path), "denoising")
+  assert loaded.missing_ood_tests() == ("low_bits", "complexity")
+  assert "low_bits, complexity" in caplog.text and "rerun sgc-evaluate" in caplog.text
+  # Its one threshold still flags; the tests it lacks are null, not False.
+  high = loaded.ood_threshold_bits_per_dim
+  assert model_calibration.ood_tests(loaded, high + 1, 0.0) == {
+      "low_bits": None, "high_bits": True, "complexity": None, "any": True}
+  assert model_calibration.ood_tests(loaded, high - 1, 0.0)["any"] is False
+
+
+def test_the_compressor_is_cheap_on_simple_images_and_costs_the_bits_of_noise():
+  rng = np.random.default_rng(0)
+  ramp = np.broadcast_to(np.arange(64, dtype=np.uint8)[None, :, None] * 4, (64, 64, 1))
+  noise = rng.integers(0, 256, (64, 64, 1)).astype(np.uint8)
+  # The Paeth predictor turns a smooth ramp into near-constant residuals.
+  assert model_calibration.compressed_bits(ramp) / ramp.size < 0.1
+  assert 7.9 < model_calibration.compressed_bits(noise) / noise.size < 8.2
+  wide = rng.integers(0, 4096, (32, 32, 1)).astype(np.uint16)   # 12 bits in 16
+  assert 12 < model_calibration.compressed_bits(wide) / wide.size < 16.5
+
+
+def _near_constant_and_inverted(cases, root):
+  """An MG frame whose values span 4 grey levels, and a mammogram tagged MONOCHROME1."""
+  inverted = pydicom.dcmread(cases["benign"]["lcc"])
+  inverted.PhotometricInterpretation = "MONOCHROME1"
+  inverted.SOPInstanceUID = generate_uid()
+  inverted.save_as(root / "inverted.dcm")
+  flat = pydicom.dcmread(get_testdata_file("CT_small.dcm", download=False))
+  flat.Modality = "MG"
+  columns = np.arange(flat.Columns)[None, :].repeat(flat.Rows, 0)
+  flat.set_pixel_data((1000 + 4 * columns // flat.Columns).astype(np.uint16), "MONOCHROME2", 16)
+  flat.SOPInstanceUID = generate_uid()
+  flat.save_as(root / "near_constant.dcm")
+  return str(root / "near_constant.dcm"), str(root / "inverted.dcm")
+
+
+def test_simpler_and_inverted_images_are_flagged(scored, cases, tmp_path):
+  """The known failure: a near-blank frame is rated *more* likely than the mammograms."""
+  loaded, reference, _ = scored
+  (tmp_path / "in").mkdir()
+  near_constant, inverted = _near_constant_and_inverted(cases, tmp_path / "in")
+  scoring.score_archive(loaded, [str(tmp_path / "in")], str(tmp_path / "out"),
+                        per_device_batch=PER_DEVICE_BATCH, decode_workers=0, progress=False)
+  rows = {r["path"]: r for r in _tables(str(tmp_path / "out"))[0]}
+  real = _tables(reference)[0]
+  flat = rows[near_constant]
+  # Rated more likely than every real mammogram, and cheaper to compress: the one-sided
+  # "bits/dim too high" test misses it, the low side of the two-sided test does not.
+  assert flat["ood_score_bits_per_dim"] < min(r["ood_score_bits_per_dim"] for r in real)
+  assert flat["ood_compressor_bits_per_dim"] < min(r["ood_compressor_bits_per_dim"]
+                                                   for r in real)
+  assert not flat["ood_high_bits"] and flat["ood_low_bits"] and flat["ood"]
+  assert rows[inverted]["ood"]
 
 
 def test_kill_9_then_rerun_gives_the_uninterrupted_tables(scored, trained, archive, tmp_path):

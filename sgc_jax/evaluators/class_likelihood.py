@@ -53,12 +53,15 @@ def run(job, estimator: str) -> dict:
     report["validation_images"] = int(len(val_scored["label"]))
   if jax.process_index() == 0:
     write_outputs(job.out_dir(estimator), scored, calibration)
-    # Temperature, prior and OOD threshold for sgc-score, next to the checkpoint.
-    val_ll = (None if val_scored is None else
-              val_scored["log_likelihood"][val_scored["success"].all(axis=1)])
+    # Temperature, prior and OOD thresholds for sgc-score, next to the checkpoint.
+    val_ok = None if val_scored is None else np.flatnonzero(val_scored["success"].all(axis=1))
+    val_ll = None if val_ok is None else val_scored["log_likelihood"][val_ok]
+    # The complexity score compresses the images themselves; row i is record i.
+    val_images = None if val_ok is None else (job.data.val_source[int(i)]["image"] for i in val_ok)
     dims = math.prod(model.spec.input_shape(config.data.num_channels))
     model_calibration.save(job.workdir, model_calibration.fit(
-        calibration, val_ll, dims, config.data, estimator=estimator, step=model.step))
+        calibration, val_ll, dims, config.data, estimator=estimator, step=model.step,
+        validation_images=val_images))
   return report
 
 

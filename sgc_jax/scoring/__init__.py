@@ -14,7 +14,7 @@ each a module that can be used and tested alone:
   raises, panics with or dies of is that file's typed error;
 * `score`: fixed-shape batches scored by the model's class scorer, and the
   table rows (per class: log-likelihood, bits/dim, calibrated probability,
-  network evaluations; the prediction and the OOD score);
+  network evaluations; the prediction, the OOD scores and which OOD test fired);
 * `chunks`: rows committed in numbered chunks (a chunk is complete or absent),
   each recording the model and settings it was made with;
 * `run`: the loop, resuming from what is committed (after a kill, even kill -9,

@@ -53,7 +53,12 @@ def schemas(names) -> tuple[pa.Schema, pa.Schema]:
   scores += [(f"probability_{n}", pa.float64()) for n in names]
   scores += [("prediction", pa.string())]
   scores += [(f"nfe_{n}", pa.int64()) for n in names]
-  scores += [("ood_score_bits_per_dim", pa.float64()), ("ood", pa.bool_())]
+  # The OOD scores (`model_calibration`), which of its tests fired, and `ood`: any did.
+  scores += [(name, pa.float64()) for name in ("ood_score_bits_per_dim",
+                                              "ood_compressor_bits_per_dim",
+                                              "ood_complexity_score")]
+  scores += [(f"ood_{test}", pa.bool_()) for test in model_calibration.OOD_TESTS]
+  scores += [("ood", pa.bool_())]
   errors = common + [("reason", pa.string()), ("message", pa.string())]
   return pa.schema(scores), pa.schema(errors)
 
@@ -130,8 +135,6 @@ class Scorer:
     else:
       logpost = ll + self.prior - np.logaddexp.reduce(ll + self.prior)
     probs = np.exp(logpost)
-    threshold = (None if self.calibration is None
-                 else self.calibration.ood_threshold_bits_per_dim)
     metadata = decoded.metadata or {}
     row = _identity_columns(decoded)
     for column, field in (("study_instance_uid", "study_id"), ("patient_id", "patient_id"),
@@ -152,6 +155,13 @@ class Scorer:
     # Per (image, class), as metrics.json's mean_nfe counts them.
     for c, name in enumerate(self.names):
       row[f"nfe_{name}"] = int(nfe[c])
+    compressor = model_calibration.compressed_bits(decoded.image) / self.num_dims
+    complexity = marginal - compressor
     row["ood_score_bits_per_dim"] = marginal
-    row["ood"] = None if threshold is None else bool(marginal > threshold)
+    row["ood_compressor_bits_per_dim"] = compressor
+    row["ood_complexity_score"] = complexity
+    fired = model_calibration.ood_tests(self.calibration, marginal, complexity)
+    for test in model_calibration.OOD_TESTS:
+      row[f"ood_{test}"] = fired[test]
+    row["ood"] = fired["any"]
     return row
