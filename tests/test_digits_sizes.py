@@ -19,8 +19,8 @@ def _read(builder, split):
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
+def built(digits_data_dir):
+  data_dir = digits_data_dir     # conftest builds both sizes once; prepare() finds them
   builders = {name: records.prepare(digits.Digits, data_dir, config=name)
               for name in (None, "16x16")}
   read = {name: {split: _read(b, split) for split in ("train", "test")}

@@ -96,8 +96,8 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_score_a_split_like_one(tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+def test_two_processes_score_a_split_like_one(tmp_path, digits_data_dir):
+  data_dir, workdir = digits_data_dir, str(tmp_path / "run")
   config = tiny_config(data_dir, steps=10)
   config.eval.max_examples = 11           # an odd count: the processes get 6 and 5
   config.eval.num_samples = 0             # samples are not what this test is about (slow on CPU)
@@ -127,6 +127,7 @@ def test_two_processes_score_a_split_like_one(tmp_path):
 
 
 def test_two_processes_train_one_replicated_model(tmp_path, monkeypatch):
+  # A fresh data dir (not conftest's): process 0 builds the records while 1 waits.
   data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
   reports = _run_workers(_TRAIN_WORKER.format(tests=TESTS, root=ROOT, data_dir=data_dir,
                                               workdir=workdir))

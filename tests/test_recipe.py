@@ -10,9 +10,9 @@ from sgc_jax import evaluation, train_state, trainer
 
 
 @pytest.fixture(scope="module")
-def recipe_config(tmp_path_factory):
+def recipe_config(digits_data_dir):
   config = digits.get_config()
-  config.data.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  config.data.data_dir = digits_data_dir
   assert config.model.class_gaussian == "none"  # the recipe's network carries the decisions
   config.model.mlp.hidden = 128
   config.model.mlp.depth = 2

@@ -604,8 +604,8 @@ def test_two_processes_score_the_archive_like_one(scored, trained, archive, tmp_
   assert _tables(out) == _tables(reference)
 
 
-def test_trained_by_two_processes_scored_by_one_and_by_two(tmp_path):
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
+def test_trained_by_two_processes_scored_by_one_and_by_two(tmp_path, digits_data_dir):
+  data_dir, workdir = digits_data_dir, str(tmp_path / "run")
   inputs = ["tfds:digits:test[:11]"]
   summary = _launch_two(tmp_path, train=True, data_dir=data_dir, workdir=workdir,
                         inputs=inputs, out=str(tmp_path / "two"))

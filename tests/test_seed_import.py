@@ -152,7 +152,7 @@ def test_not_a_state_dict_is_refused(tmp_path):
     seed_import.load_state_dict(path)
 
 
-def test_imported_checkpoint_restores_as_if_trained_here(tmp_path):
+def test_imported_checkpoint_restores_as_if_trained_here(tmp_path, digits_data_dir):
   # End to end through the console script, on the digits records: a tiny seed
   # network (1 channel, 10 classes) written by sgc-import-seed and read back by
   # the evaluation's restore gives the PyTorch network's scores.
@@ -162,7 +162,7 @@ def test_imported_checkpoint_restores_as_if_trained_here(tmp_path):
       seed=1).eval()
   checkpoint, workdir = str(tmp_path / "seed.pth"), str(tmp_path / "run")
   torch.save(net.state_dict(), checkpoint)
-  data_dir = str(tmp_path / "tfds")
+  data_dir = digits_data_dir
   digits_config = os.path.join(os.path.dirname(__file__), "..", "configs", "digits.py")
   overrides = [f"--config.{k}={v}" for k, v in [
       ("data.data_dir", data_dir), ("model.name", "unet"),

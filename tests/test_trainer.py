@@ -16,8 +16,8 @@ from tiny import tiny_config
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  return str(tmp_path_factory.mktemp("tfds"))
+def data_dir(digits_data_dir):
+  return digits_data_dir         # conftest: the session's digits records, built once
 
 
 def test_four_devices_are_visible():
