@@ -55,6 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.warmup_steps = 0
   training.grad_clip_norm = 0.0       # 0 disables clipping
   training.ema_decay = 0.0            # 0 disables the EMA (the seed has none)
+  training.ema_warmup = False         # decay min(ema_decay, (1+step)/(10+step)): short runs
   # With an EMA and BatchNorm: recompute the statistics the EMA scores with under the EMA
   # parameters, from this many training batches at every checkpoint (sgc_jax/precise_bn.py;
   # 0 keeps the raw parameters' running averages). Off: measured to move decisions both ways.
@@ -114,4 +115,5 @@ def get_config() -> ml_collections.ConfigDict:
   baseline.num_steps = 1000
   baseline.batch_size = 64
   baseline.learning_rate = 1e-3
+  baseline.class_balanced = False   # weigh each class equally in the loss (skewed training sets)
   return config

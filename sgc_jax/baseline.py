@@ -53,6 +53,18 @@ def _logits(model, params, config, source, mesh, batch_size):
   return np.concatenate(out), np.concatenate(labels)
 
 
+def class_weights(labels, num_classes: int, *, balanced: bool) -> np.ndarray:
+  """Per-class loss weights [C]: ones, or num_images / (num_classes * count) when `balanced`.
+
+  Balanced weights make every class weigh as much in the loss as the others,
+  whatever its count, and average 1 over the training images.
+  """
+  if not balanced:
+    return np.ones(num_classes, np.float32)
+  counts = np.bincount(np.asarray(labels), minlength=num_classes)
+  return (len(labels) / (num_classes * np.maximum(counts, 1))).astype(np.float32)
+
+
 def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
   """Trains the baseline CNN and reports its metrics on `config.eval.split`.
 
@@ -68,6 +80,8 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
   dataset = reader.train_dataset(train_source, batch_size=sharding.local_batch_size(batch_size, mesh),
                                  seed=config.seed, shard_index=jax.process_index(),
                                  shard_count=jax.process_count())
+  weights = jnp.asarray(class_weights(reader.labels_of(train_source), num_classes,
+                                      balanced=bl.get("class_balanced", False)))
   model = SmallCNN(num_classes=num_classes, width=bl.width)
   shape = inputs.image_shape(config, builder)
   params = model.init(jax.random.PRNGKey(config.seed), jnp.zeros((1, *shape)))["params"]
@@ -85,7 +99,8 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
 
     def loss_fn(p):
       logits = model.apply({"params": p}, x)
-      return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+      return jnp.mean(weights[batch["label"]] * losses)
 
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state, params)

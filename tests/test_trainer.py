@@ -198,3 +198,14 @@ def test_restoring_a_different_model_names_the_checkpoint_and_the_cause(data_dir
                                        r"model\.class_gaussian"):
     train_state.restore_inference_variables(checkpointing.make_manager(str(tmp_path)), model,
                                             (8, 8, 1), 10, mesh=sharding.make_mesh())
+
+
+def test_ema_warmup_follows_the_steps_so_far_then_the_configured_decay():
+  assert trainer.ema_decay_at(0, 0.999, warmup=False) == 0.999
+  np.testing.assert_allclose(
+      [float(trainer.ema_decay_at(s, 0.999, warmup=True)) for s in (0, 10, 90, 10_000)],
+      [0.1, 11 / 20, 91 / 100, 0.999], rtol=1e-6)
+  # The initial weights' share after n steps is the product of the decays: with the
+  # warm-up it is ~ 10 / n (0.5 % at 2,000 steps) instead of 0.999**n (13.5 %).
+  decays = np.asarray([float(trainer.ema_decay_at(s, 0.999, warmup=True)) for s in range(2000)])
+  assert np.prod(decays) < 0.01 < 0.999 ** 2000 / 10
