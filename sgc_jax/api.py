@@ -90,7 +90,8 @@ class TrainedModel:
     x = self.prepare(deq_key, ids, images[take])
     x = jax.device_put(x, sharding.batch_sharded(self.mesh))
     result = jax.device_get(self.scorer(x, ids, probe_key))
-    return likelihood.LikelihoodResult(*(np.asarray(v)[:n] for v in result))
+    # A tree map: an estimator's optional fields (None) stay None.
+    return jax.tree.map(lambda v: np.asarray(v)[:n], result)
 
 
 def from_variables(config, variables: dict, *, spec: run_dir.ModelSpec, workdir: str,

@@ -36,10 +36,17 @@ PROBES = ("rademacher", "gaussian")
 
 
 class LikelihoodResult(NamedTuple):
-  """Per image and class: log p(x|y) in nats, network evaluations, solver success."""
+  """Per image and class: log p(x|y) in nats, network evaluations, solver success.
+
+  `half_log_likelihoods`, from Monte Carlo estimators that provide it (None
+  otherwise): two estimates of log p(x|y) from independent halves of the
+  samples, whose mean is `log_likelihood`; `sgc_jax.flow_diagnostics` measures
+  the estimate's noise from their difference.
+  """
   log_likelihood: jax.Array    # [B, C]; NaN where the solve failed
   num_function_evals: jax.Array  # [B, C] score-network forward passes
   success: jax.Array           # [B, C] bool
+  half_log_likelihoods: jax.Array | None = None  # [B, 2, C]
 
 
 def draw_probes(key, shape, num_probes: int, kind: str = "rademacher", dtype=jnp.float32):

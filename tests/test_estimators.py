@@ -160,6 +160,29 @@ def test_time_chunks_equal_one_batch():
   np.testing.assert_allclose(chunked.log_likelihood, full.log_likelihood, rtol=1e-6, atol=1e-4)
 
 
+def test_halves_are_the_bounds_of_the_even_and_the_odd_samples():
+  sde, key, k = SDES["vp"], jax.random.PRNGKey(8), 64
+  result = estimators.denoising_log_likelihoods(
+      _score_fn("vp", 0.8), sde, X, NUM_CLASSES, key=key, num_time_samples=k)
+  halves = np.asarray(result.half_log_likelihoods, np.float64)
+  assert halves.shape == (len(X), 2, NUM_CLASSES)
+  np.testing.assert_allclose(halves.mean(axis=1), result.log_likelihood, rtol=1e-6, atol=1e-4)
+  # Sample i sits at u = (i + offset) / K: the even ones are a K/2-sample bound
+  # at offset / 2, the odd ones one at (1 + offset) / 2, each with its own z.
+  offset_key, noise_key = jax.random.split(key)
+  offset = jax.random.uniform(offset_key, ())
+  z = jax.random.normal(noise_key, (k,) + X.shape[1:])
+  for half, (start, shift) in enumerate(((0, offset / 2), (1, (1 + offset) / 2))):
+    alone = estimators._denoising_log_likelihoods(
+        _score_fn("vp", 0.8), X, shift, z[start::2], sde=sde, num_classes=NUM_CLASSES,
+        eps=1e-5, time_batch_size=None)
+    np.testing.assert_allclose(halves[:, half], alone.log_likelihood, rtol=1e-5, atol=1e-3)
+  # An odd K has no halves with the bound as their mean.
+  odd = estimators.denoising_log_likelihoods(_score_fn("vp"), sde, X, NUM_CLASSES, key=key,
+                                             num_time_samples=7)
+  assert odd.half_log_likelihoods is None
+
+
 def test_rejects_non_image_input():
   sde = SDES["vp"]
   with pytest.raises(ValueError, match="x: expected images"):

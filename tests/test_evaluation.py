@@ -104,14 +104,26 @@ def test_two_tables_in_one_evaluation_share_the_bound(trained, tmp_path, monkeyp
   config = config.copy_and_resolve_references()
   config.eval.num_samples, config.eval.calibrate = 0, False
   config.eval.max_examples, config.eval.num_time_samples = 4, 8
-  scored = []
+  scored, tables = [], []
   real_score_source = common.score_source
-  monkeypatch.setattr(common, "score_source",
-                      lambda *a, **k: scored.append(k["desc"]) or real_score_source(*a, **k))
+
+  def score_source(*args, **kwargs):
+    scored.append(kwargs["desc"])
+    tables.append(real_score_source(*args, **kwargs))
+    return tables[-1]
+
+  monkeypatch.setattr(common, "score_source", score_source)
   reports = evaluation.evaluate(config, workdir, estimators=("ode", "denoising"),
                                 variables=train_state.inference_variables(state), model=model)
   # The flow diagnostics reuse the reported bound: each table is scored once.
   assert scored == ["score test (ode)", "score test (denoising)"]
+  # The bound's noise is measured from its two half-sample tables, whose mean it is.
+  assert reports["ode"]["flow_diagnostics"]["bound_noise_from"] == "halves"
+  assert "half_log_likelihoods" not in tables[0]
+  bound = tables[1]
+  assert bound["half_log_likelihoods"].shape == (4, 2, 10)
+  np.testing.assert_allclose(bound["half_log_likelihoods"].mean(axis=1), bound["log_likelihood"],
+                             rtol=1e-6, atol=1e-4)
   assert set(reports) == {"ode", "denoising"}
   assert reports["ode"]["estimator"] == "ode" and reports["denoising"]["mean_nfe"] == 8.0
   assert reports["ode"]["flow_diagnostics"]["images"] == 4

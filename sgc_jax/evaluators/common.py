@@ -43,6 +43,8 @@ def score_source(config, class_scorer, prepare, source, *, mesh, key, desc: str,
                  max_examples: int = 0):
   """Scores every record of `source`; returns a dict of numpy arrays in record order.
 
+  "half_log_likelihoods" [N, 2, C] is there when the estimator returns it.
+
   With several processes, each scores records process_index::process_count on
   its local `mesh` (`eval.batch_size` images per process and batch), and the
   results are gathered so that every process returns the whole split.
@@ -68,6 +70,8 @@ def score_source(config, class_scorer, prepare, source, *, mesh, key, desc: str,
       x = jax.device_put(x, sharding.batch_sharded(mesh))
       result = jax.device_get(class_scorer(x, np.asarray(ids), probe_key))
       out["log_likelihood"].append(result.log_likelihood[:n_valid])
+      if result.half_log_likelihoods is not None:
+        out.setdefault("half_log_likelihoods", []).append(result.half_log_likelihoods[:n_valid])
       out["nfe"].append(result.num_function_evals[:n_valid])
       out["success"].append(result.success[:n_valid])
       out["label"].append(batch["label"][:n_valid])
