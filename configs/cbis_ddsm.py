@@ -1,4 +1,7 @@
-"""CBIS-DDSM (mass + calcification), benign vs malignant, the seed's settings at 384x384.
+"""CBIS-DDSM (mass + calcification), benign vs malignant: the seed U-Net at 384x384.
+
+The default recipe adds the training levers measured on digits (configs/mammography.py);
+append `:seed` to the config path for the seed's literal recipe.
 
 Convert the TCIA download once, then train and evaluate:
 
@@ -16,6 +19,6 @@ classifier and the CNN baseline to WORKDIR/eval_test/metrics.json.
 from configs import mammography
 
 
-def get_config():
-  # 2,864 full-field training images (mass + calc); 60 epochs.
-  return mammography.seed_config("cbis_ddsm", "full_384", num_train_images=2864, epochs=60)
+def get_config(recipe: str = ""):
+  # 2,864 full-field training images (mass + calc); the seed's 60 epochs.
+  return mammography.get(recipe, "cbis_ddsm", "full_384", num_train_images=2864, epochs=60)

@@ -1,4 +1,7 @@
-"""VinDr-Mammo, BI-RADS 4-5 malignant vs 1-3 benign, official split, seed settings at 384x384.
+"""VinDr-Mammo, BI-RADS 4-5 malignant vs 1-3 benign, official split: the seed U-Net, 384x384.
+
+The default recipe adds the training levers measured on digits (configs/mammography.py);
+append `:seed` to the config path for the seed's literal recipe.
 
     sgc-convert vindr_mammo --manual_dir /data/vindr-mammo --data_dir ~/tfds --config full_384_clahe
     sgc-train --config configs/vindr_mammo.py --workdir /runs/vindr \
@@ -15,9 +18,9 @@ this port (the paper's tables could not be retrieved).
 from configs import mammography
 
 
-def get_config():
-  # 16,000 training images; 20 epochs (the step schedule then decays once).
-  config = mammography.seed_config("vindr_mammo", "full_384_clahe", num_train_images=16000,
-                                   epochs=20)
+def get_config(recipe: str = ""):
+  # 16,000 training images; the seed's 20 epochs (its step schedule then decays once).
+  config = mammography.get(recipe, "vindr_mammo", "full_384_clahe", num_train_images=16000,
+                           epochs=20)
   config.eval.prior = "empirical"
   return config

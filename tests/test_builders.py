@@ -887,7 +887,7 @@ def test_the_cbis_config_trains_from_converted_records(cbis_full, tmp_path):
   from configs import cbis_ddsm  # pylint: disable=g-import-not-at-top
   from sgc_jax import trainer  # pylint: disable=g-import-not-at-top
   _, _, data_dir = cbis_full
-  config = cbis_ddsm.get_config()
+  config = cbis_ddsm.get_config("seed")
   config.data.data_dir = data_dir
   config.data.builder_config = "full_64"
   config.data.bit_depth = 8            # full_64 is the 8-bit test config

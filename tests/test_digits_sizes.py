@@ -1,4 +1,7 @@
 """The digits builder's sizes: the 8x8 records as released, the same images upsampled to 16x16."""
+import os
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -66,9 +69,22 @@ def test_digits_unet_config_fits_the_16x16_records(built):
   out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, *shape)), jnp.ones(2),
                                              jnp.zeros(2, jnp.int32)), variables)
   assert out.shape == (2, *shape)
-  # The seed's recipe, as configs/mammography.py has it: uniform t, summed eps loss.
-  assert not config.training.likelihood_weighting and not config.training.importance_sampling
-  assert not config.training.reduce_mean and config.training.lr_schedule == "step"
+  # Both recipes keep the seed's loss: uniform t, summed eps loss.
+  seed = digits_unet.get_config("seed")
+  for training in (config.training, seed.training):
+    assert not training.likelihood_weighting and not training.importance_sampling
+    assert not training.reduce_mean
+  assert seed.training.lr_schedule == "step" and seed.training.ema_decay == 0.0
+
+
+def test_digits_unet_default_recipe_is_the_measured_variant():
+  """configs/digits_unet.py's default is the recipe_levers row the README quotes for it."""
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
+  import recipe_levers  # pylint: disable=import-outside-toplevel
+  measured = recipe_levers.variant_config("ema_cosine_8k").to_dict()
+  shipped = digits_unet.get_config().to_dict()
+  for block in ("data", "model", "training", "sde", "eval"):
+    assert shipped[block] == measured[block], block
 
 
 def test_bilinear_matrix_rows_are_interpolation_weights():

@@ -76,7 +76,7 @@ def trained(cases, tmp_path_factory):
                           progress=False, preview_images=0)
 
   from configs import vindr_mammo  # pylint: disable=g-import-not-at-top
-  config = vindr_mammo.get_config()
+  config = vindr_mammo.get_config("seed")
   config.data.data_dir = data_dir
   config.data.builder_config = "full_64"
   config.data.bit_depth = 8

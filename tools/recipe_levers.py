@@ -1,11 +1,13 @@
-"""What makes the seed U-Net classify by its own likelihood: one training recipe lever at a time.
+"""What makes a score network classify by its own likelihood: one training recipe lever at a time.
 
-    flock /tmp/sgc_heavy.lock python tools/unet_recipe.py --workdir /tmp/unet_recipe \
+    flock /tmp/sgc_heavy.lock python tools/recipe_levers.py --workdir /tmp/recipe_levers \
         --variants seed,ema_cosine_8k
-    # writes tools/results/unet_recipe.json (one entry per variant, kept as each finishes)
+    # writes tools/results/recipe_levers.json (one entry per variant, kept as each finishes)
 
-Each variant is a set of overrides of `configs/digits_unet.py` (the seed U-Net
-scaled to a CPU, on 16x16 digits): it is trained (resuming from its own
+Each variant is a set of overrides of a config: `configs/digits_unet.py:seed`
+(the seed U-Net and recipe scaled to a CPU, on 16x16 digits; its default
+recipe is the ema_cosine_8k row) or `configs/digits.py` (the demo's residual
+MLP on 8x8 digits). It is trained (resuming from its own
 checkpoints), then the whole test split is scored by the exact
 probability-flow likelihood with the variant's `eval` block. The JSON records,
 per variant, the overrides, every training and evaluation setting that
@@ -27,11 +29,14 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sgc_jax  # pylint: disable=wrong-import-position
-from configs import digits_unet  # pylint: disable=wrong-import-position
+from configs import digits, digits_unet  # pylint: disable=wrong-import-position
 from sgc_jax import api, classifier, metrics, precise_bn, trainer  # pylint: disable=wrong-import-position
 from sgc_jax.inputs import model_inputs  # pylint: disable=wrong-import-position
 
-_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "unet_recipe.json")
+# Every U-Net variant starts from the seed's recipe, so each row is one lever away from it.
+_BASES = {"digits": digits.get_config, "digits_unet_seed": lambda: digits_unet.get_config("seed")}
+_RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                        "recipe_levers.json")
 
 # The seed's recipe as configs/digits_unet.py ships it, scored by the fast default.
 _FAST_EVAL = {"eval.solver": "expint3", "eval.adaptive": False, "eval.num_steps": 27,
@@ -50,14 +55,19 @@ VARIANTS = {
     "ema_cosine_8k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
                               "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
     # Four times as long (1,580 epochs of the 1,293 images), a slower EMA.
-    "ema_cosine_32k": {**_FAST_EVAL, **_LONG, "training.num_steps": 32000,
-                       "training.warmup_steps": 500, "training.ema_decay": 0.9995,
-                       "training.checkpoint_every": 4000},
+    # The seed's three identical channels instead of one (two thirds of the dimensions copies).
+    "ema_cosine_8k_3ch": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
+                          "training.checkpoint_every": 2000, "data.num_channels": 3},
+    # The demo's MLP recipe (configs/digits.py: 6,000 steps of batch 128, 594 epochs) as
+    # shipped, and twice as long.
+    "mlp_6k": {"base": "digits"},
+    "mlp_12k": {"base": "digits", "training.num_steps": 12000,
+                "training.checkpoint_every": 6000},
 }
 # Variants that score another variant's trained model with its BatchNorm statistics
 # recomputed under the EMA parameters (sgc_jax/precise_bn.py), 32 batches.
 PRECISE_BN = {f"{name}_precise_bn": name for name in
-              ("ema_cosine_8k", "ema_cosine_8k_range11", "ema_cosine_32k")}
+              ("ema_cosine_8k", "ema_cosine_8k_range11")}
 _PRECISE_BN_BATCHES = 32
 
 
@@ -70,9 +80,10 @@ def _git_commit() -> str:
 
 
 def variant_config(name: str, data_dir: str = ""):
-  """configs/digits_unet.py with the variant's overrides (and the whole test split)."""
-  config = digits_unet.get_config()
-  config.update_from_flattened_dict(VARIANTS[PRECISE_BN.get(name, name)])
+  """The variant's config (`base`, default the seed U-Net recipe) with its overrides."""
+  overrides = dict(VARIANTS[PRECISE_BN.get(name, name)])
+  config = _BASES[overrides.pop("base", "digits_unet_seed")]()
+  config.update_from_flattened_dict(overrides)
   config.eval.max_examples = 0
   if data_dir:
     config.data.data_dir = data_dir
