@@ -9,6 +9,7 @@ import jax
 import numpy as np
 
 from sgc_jax import baseline, evaluation, flow_diagnostics, train_state
+from sgc_jax.evaluators import common
 
 
 def _table(path):
@@ -26,14 +27,20 @@ def _copy(source, tmp_path):
 
 
 def test_flow_diagnostics_in_metrics_json_are_those_of_the_two_written_tables(
-    trained_tiny_digits, tmp_path):
+    trained_tiny_digits, tmp_path, monkeypatch):
   config, source, state, model = trained_tiny_digits
   workdir = _copy(source, tmp_path)
   config = config.copy_and_resolve_references()
   config.eval.num_samples, config.eval.calibrate = 0, False
   config.eval.max_examples, config.eval.num_time_samples = 8, 8
+  # The bound's half-sample tables, which predictions.csv does not hold.
+  tables = []
+  real_score_source = common.score_source
+  monkeypatch.setattr(common, "score_source",
+                      lambda *a, **k: tables.append(real_score_source(*a, **k)) or tables[-1])
   evaluation.evaluate(config, workdir, estimators=("ode", "denoising"),
                       variables=train_state.inference_variables(state), model=model)
+  halves = tables[1]["half_log_likelihoods"]
   with open(os.path.join(workdir, "eval_test", "metrics.json"), encoding="utf-8") as f:
     written = json.load(f)["flow_diagnostics"]
   labels, ode = _table(os.path.join(workdir, "eval_test", "predictions.csv"))
@@ -44,8 +51,9 @@ def test_flow_diagnostics_in_metrics_json_are_those_of_the_two_written_tables(
   assert written["images"] == 8
   assert written["decision_agreement"] == agreement
   # Every value, recomputed from the tables as written (4 decimals).
-  again = flow_diagnostics.flow_diagnostics(ode, bound, labels)
-  assert set(again) == set(written)
+  again = flow_diagnostics.flow_diagnostics(ode, bound, labels,
+                                            bound_halves=(halves[:, 0], halves[:, 1]))
+  assert set(again) == set(written) and written["bound_noise_from"] == "halves"
   for key, value in again.items():
     if isinstance(value, str):
       assert written[key] == value, key
