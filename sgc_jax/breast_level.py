@@ -36,7 +36,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sgc_jax import classifier, metrics
+from sgc_jax import classifier, metrics, run_dir
 
 FUSED = "breast"
 FUSED_BY_PATIENT_ID = "breast (grouped by PatientID)"
@@ -246,9 +246,7 @@ def calibration_path(workdir: str, estimator: str) -> str:
 def save_calibration(workdir: str, value: BreastCalibration) -> str:
   """Writes the breast-level calibration atomically; returns its path."""
   target = calibration_path(workdir, value.estimator)
-  with open(target + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(value), f, indent=2)
-  os.replace(target + ".tmp", target)
+  run_dir.write_text_atomically(target, json.dumps(dataclasses.asdict(value), indent=2))
   return target
 
 

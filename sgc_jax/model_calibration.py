@@ -30,7 +30,7 @@ import zlib
 from absl import logging
 import numpy as np
 
-from sgc_jax import classifier, likelihood
+from sgc_jax import classifier, likelihood, run_dir
 
 # Each side of the two-sided test keeps 0.25 % of validation images out: 0.5 % in all, as
 # the one-sided 99.5th percentile that came before it.
@@ -178,9 +178,7 @@ def fit(calibration: classifier.Calibration, validation_log_likelihoods, num_dim
 def save(workdir: str, value: ModelCalibration) -> str:
   """Writes `calibration_<estimator>.json` atomically; returns its path."""
   target = path(workdir, value.estimator)
-  with open(target + ".tmp", "w", encoding="utf-8") as f:
-    json.dump(dataclasses.asdict(value), f, indent=2)
-  os.replace(target + ".tmp", target)
+  run_dir.write_text_atomically(target, json.dumps(dataclasses.asdict(value), indent=2))
   return target
 
 

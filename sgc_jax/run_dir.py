@@ -32,7 +32,8 @@ SPEC_FILE = "model_spec.json"
 _MACHINE_FIELDS = ("data.data_dir", "data.num_classes")
 
 
-def _write_json_atomically(path: str, text: str) -> None:
+def write_text_atomically(path: str, text: str) -> None:
+  """Writes `text` to `path` beside it and renames it into place."""
   # Written beside and renamed: a reader never sees half a file.
   with open(path + ".tmp", "w", encoding="utf-8") as f:
     f.write(text)
@@ -42,7 +43,7 @@ def _write_json_atomically(path: str, text: str) -> None:
 def write_config(config, workdir: str) -> None:
   """Writes `config` to `workdir/config.json`."""
   os.makedirs(workdir, exist_ok=True)
-  _write_json_atomically(os.path.join(workdir, CONFIG_FILE),
+  write_text_atomically(os.path.join(workdir, CONFIG_FILE),
                          config.to_json_best_effort(indent=2, sort_keys=True))
 
 
@@ -180,7 +181,7 @@ class ModelSpec:
 def write_model_spec(spec: ModelSpec, workdir: str) -> None:
   """Writes `spec` to `workdir/model_spec.json`."""
   os.makedirs(workdir, exist_ok=True)
-  _write_json_atomically(os.path.join(workdir, SPEC_FILE),
+  write_text_atomically(os.path.join(workdir, SPEC_FILE),
                          json.dumps(dataclasses.asdict(spec), indent=2, sort_keys=True))
 
 

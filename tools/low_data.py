@@ -36,7 +36,6 @@ refused, naming them.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -46,7 +45,8 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import digits, digits_unet  # pylint: disable=wrong-import-position
-from sgc_jax import baseline, evaluation, train_state, trainer  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from sgc_jax import baseline, evaluation, provenance, train_state, trainer
 from sgc_jax.data import reader  # pylint: disable=wrong-import-position
 
 _KEYS = ("accuracy", "balanced_accuracy", "auc", "per_class_sensitivity")
@@ -176,13 +176,6 @@ def plot(table: dict, path: str, model: str) -> None:
   plt.close(fig)
 
 
-def _commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
-
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -207,7 +200,8 @@ def main():
       results = json.load(f)
   study = results.setdefault(args.model, {"settings": settings_of(args), "runs": {}})
   if study["settings"] != settings_of(args):
-    differing = sorted(k for k in settings_of(args) if study["settings"].get(k) != settings_of(args)[k])
+    wanted = settings_of(args)
+    differing = sorted(k for k in wanted if study["settings"].get(k) != wanted[k])
     raise SystemExit(f"{args.out}: its {args.model} cells were made with other settings "
                      f"({', '.join(differing)}); pass those again or another --out")
   for seed in (int(s) for s in args.seeds.split(",")):
@@ -216,7 +210,8 @@ def main():
       if str(seed) in runs:
         continue
       workdir = os.path.join(args.workdir, args.model, f"{setting}_seed{seed}")
-      runs[str(seed)] = {**run_one(args, setting, seed, workdir), "commit": _commit(),
+      runs[str(seed)] = {**run_one(args, setting, seed, workdir),
+                         "commit": provenance.git_commit(),
                          "device": str(jax.devices()[0].device_kind)}
       study["table"] = summarize(study["runs"])
       os.makedirs(os.path.dirname(args.out), exist_ok=True)

@@ -19,7 +19,6 @@ finished variant is skipped on a rerun, so the study can run in parts.
 import argparse
 import json
 import os
-import subprocess
 import sys
 import time
 
@@ -30,7 +29,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sgc_jax  # pylint: disable=wrong-import-position
 from configs import digits, digits_unet  # pylint: disable=wrong-import-position
-from sgc_jax import api, classifier, metrics, precise_bn, trainer  # pylint: disable=wrong-import-position
+# pylint: disable=wrong-import-position
+from sgc_jax import api, classifier, metrics, precise_bn, provenance, trainer
 from sgc_jax.inputs import model_inputs  # pylint: disable=wrong-import-position
 
 # Every U-Net variant starts from the seed's recipe, so each row is one lever away from it.
@@ -70,13 +70,6 @@ PRECISE_BN = {f"{name}_precise_bn": name for name in
               ("ema_cosine_8k", "ema_cosine_8k_range11")}
 _PRECISE_BN_BATCHES = 32
 
-
-def _git_commit() -> str:
-  try:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          check=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return "unknown"
 
 
 def variant_config(name: str, data_dir: str = ""):
@@ -166,7 +159,7 @@ def run_variant(name: str, workdir: str, data_dir: str = "") -> dict:
           "train_seconds": training_seconds(out_dir), "load_average": {
               "before": load_before, "after_training": load_after_training,
               "after_scoring": os.getloadavg()},
-          "ode": score_test_split(trained), "commit": _git_commit(),
+          "ode": score_test_split(trained), "commit": provenance.git_commit(),
           "devices": jax.device_count(), "device": str(jax.devices()[0].device_kind)}
 
 
