@@ -7,9 +7,10 @@ Two recipes, chosen by the config argument (`--config configs/cbis_ddsm.py` or
           made the seed U-Net classify by its likelihood on 16x16 digits
           (tools/recipe_levers.py, README "What makes the seed U-Net classify"):
           8x the seed's epochs, batch 64, cosine schedule with a warm-up, EMA
-          0.999 with a warm-up. Same network, ODE accuracy on the whole digits
-          test split 0.864 against the seed recipe's 0.69 (the issue's
-          measurement, 200 images) with the same scorer.
+          0.999 with a warm-up, data in [-1, 1] instead of [0, 1]. Same network,
+          exact-ODE accuracy on the whole digits test split 0.889 (0.864 with
+          the data in [0, 1]) against the seed recipe's SEED_FIGURE with the same
+          scorer.
   "seed"  Sarker et al. (ISBI 2025), released code, literally: 384x384 inputs
           with 3 identical channels in [0, 1], random horizontal and vertical
           flips, the class-conditional U-Net (8.2 M parameters), VP SDE (beta
@@ -88,6 +89,8 @@ def recipe_config(dataset: str, builder_config: str, num_train_images: int, epoc
   training.warmup_steps = max(1, training.num_steps // 40)
   training.ema_decay = 0.999
   training.ema_warmup = True
+  # Centred data: measured +2.5 points of ODE accuracy on digits (0.864 -> 0.889).
+  config.data.range = (-1.0, 1.0)
   return config
 
 

@@ -55,6 +55,9 @@ VARIANTS = {
     "ema_cosine_8k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
                               "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
     # Four times as long (1,580 epochs of the 1,293 images), a slower EMA.
+    # Twice as long (800 epochs), data in [-1, 1].
+    "ema_cosine_16k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 16000,
+                               "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
     # The seed's three identical channels instead of one (two thirds of the dimensions copies).
     "ema_cosine_8k_3ch": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
                           "training.checkpoint_every": 2000, "data.num_channels": 3},
