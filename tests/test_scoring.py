@@ -364,6 +364,59 @@ def test_a_config_with_other_preprocessing_is_refused(trained):
     scoring.load_model(trained, config)
 
 
+@pytest.mark.slow
+def test_a_copied_workdir_scores_an_archive_without_the_records(scored, trained, archive,
+                                                               tmp_path, monkeypatch):
+  """Issue 19 item 5: the workdir alone scores DICOMs; no TFDS builder is opened."""
+  loaded, reference, _ = scored
+  _, expected = archive
+  # A few real mammograms (with and without an extension), a radiograph and an empty file.
+  picked = [k for k, v in expected.items() if v == "scored"][:3]
+  picked += [next(k for k, v in expected.items() if v == reason)
+             for reason in ("WrongModalityError", "NotDicomError")]
+  assert len(picked) == 5 and {expected[k] for k in picked} == {
+      "scored", "WrongModalityError", "NotDicomError"}
+  copy, empty = str(tmp_path / "copy"), tmp_path / "no_records"
+  shutil.copytree(trained, copy)
+  empty.mkdir()
+  # The copy's config names a data dir that holds nothing, as on the scoring machine.
+  saved = run_dir.read_config(copy)
+  assert saved.data.data_dir == run_dir.read_config(trained).data.data_dir != str(empty)
+  saved.data.data_dir = str(empty)
+  run_dir.write_config(saved, copy)
+  monkeypatch.setenv("SGC_DATA_DIR", str(empty))
+
+  def no_records(*args, **kwargs):
+    raise AssertionError(f"a TFDS builder was opened: {args} {kwargs}")
+
+  monkeypatch.setattr(reader, "load_builder", no_records)
+  monkeypatch.setattr(records, "get_builder", no_records)
+  moved = scoring.load_model(copy)
+  assert moved.identity == loaded.identity and moved.spec == loaded.spec
+  out = str(tmp_path / "out")
+  summary = _score(moved, picked, out)
+  assert summary["model_step"] == 4 and summary["calibrated"]
+  assert summary["inputs"] == 5 and summary["scored"] == 3 and summary["failed"] == 2
+  scores, errors = _tables(out)
+  # Every input in exactly one table, with the reason it has in the whole archive.
+  keys = [r["key"] for r in scores] + [r["key"] for r in errors]
+  assert len(keys) == len(set(keys)) == 5 and set(keys) == set(picked)
+  assert {r["key"]: r["reason"] for r in errors} == {
+      k: expected[k] for k in picked if expected[k] != "scored"}
+  # The rows the original workdir gave for the same files.
+  want = {r["key"]: r for r in _tables(reference)[0]}
+  names = loaded.spec.class_names
+  floats = {f"{kind}_{n}" for kind in ("log_likelihood", "bits_per_dim", "probability")
+            for n in names} | {"ood_score_bits_per_dim", "ood_complexity_score"}
+  for row in scores:
+    ref = want[row["key"]]
+    assert {k: v for k, v in row.items() if k not in floats} == {
+        k: v for k, v in ref.items() if k not in floats}
+    np.testing.assert_allclose([row[f] for f in sorted(floats)],
+                               [ref[f] for f in sorted(floats)], rtol=1e-6, atol=1e-6)
+  assert os.listdir(empty) == []               # no records were looked for, or built
+
+
 def _score(trained_model, inputs, out, **kwargs):
   kwargs = {"per_device_batch": PER_DEVICE_BATCH, "decode_workers": 2, "chunk_size": 4,
             "progress": False, **kwargs}
