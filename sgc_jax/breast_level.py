@@ -252,14 +252,5 @@ def save_calibration(workdir: str, value: BreastCalibration) -> str:
 
 def load_calibration(workdir: str, estimator: str) -> BreastCalibration | None:
   """The stored breast-level calibration, or None when `sgc-evaluate` fitted none."""
-  target = calibration_path(workdir, estimator)
-  if not os.path.exists(target):
-    return None
-  with open(target, encoding="utf-8") as f:
-    try:
-      fields = json.load(f)
-      fields["log_prior"] = tuple(fields["log_prior"])
-      return BreastCalibration(**fields)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-      raise ValueError(f"{target}: not a breast calibration written by sgc-evaluate ({e}); "
-                       "rerun sgc-evaluate") from e
+  return run_dir.read_record(calibration_path(workdir, estimator), BreastCalibration,
+                             "sgc-evaluate")

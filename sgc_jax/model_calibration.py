@@ -189,16 +189,9 @@ def load(workdir: str, estimator: str) -> ModelCalibration | None:
   a warning names the tests it cannot run.
   """
   target = path(workdir, estimator)
-  if not os.path.exists(target):
+  value = run_dir.read_record(target, ModelCalibration, "sgc-evaluate")
+  if value is None:
     return None
-  with open(target, encoding="utf-8") as f:
-    try:
-      fields = json.load(f)
-      fields["log_prior"] = tuple(fields["log_prior"])
-      value = ModelCalibration(**fields)
-    except (json.JSONDecodeError, KeyError, TypeError) as e:
-      raise ValueError(f"{target}: not a calibration file written by sgc-evaluate ({e}); "
-                       "rerun sgc-evaluate") from e
   missing = value.missing_ood_tests()
   if value.ood_images and missing:
     logging.warning("%s sets no threshold for the OOD test(s) %s (written before they "

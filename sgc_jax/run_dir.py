@@ -40,6 +40,25 @@ def write_text_atomically(path: str, text: str) -> None:
   os.replace(path + ".tmp", path)
 
 
+def read_record(path: str, record_type, what: str, *, tuple_fields=("log_prior",)):
+  """The dataclass `record_type` stored as JSON at `path`, or None when there is no file.
+
+  A file that is not such a record raises naming it and `what` wrote it, so that
+  the user reruns that command rather than reading a traceback.
+  """
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    try:
+      fields = json.load(f)
+      for name in tuple_fields:
+        fields[name] = tuple(fields[name])
+      return record_type(**fields)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}: not a {record_type.__name__} written by {what} ({e}); "
+                       f"rerun {what}") from e
+
+
 def write_config(config, workdir: str) -> None:
   """Writes `config` to `workdir/config.json`."""
   os.makedirs(workdir, exist_ok=True)
