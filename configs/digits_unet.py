@@ -39,7 +39,8 @@ def get_config(recipe: str = ""):
   config.data.bit_depth = 8
   config.data.random_flip = (False, False)
   # One channel, not the seed's three identical ones: a third of the ODE's
-  # dimensions, the same information.
+  # dimensions, the same information (three: 0.622 against 0.864, recipe_levers
+  # ema_cosine_8k_3ch).
   config.data.num_channels = 1
 
   # Two halvings, 16 -> 8 -> 4; about 227 k parameters.
