@@ -15,9 +15,10 @@ about 227 k parameters, one grey channel, no flips), with
           accuracy 0.889 on the whole 360-image test split (the target, 0.97,
           is not reached); 5-8 minutes of training on the 2-core CPU.
   "seed"  the seed's recipe: 2,000 steps of batch 32 (50 epochs), learning rate
-          1e-3 (1e-4 in the seed) x0.2 every 20 epochs, no EMA. Measured 0.69 on
-          200 test images with the scorer below (issue 18), 0.40 with the seed's
-          own scorer (tools/results/seed_unet_digits.json).
+          1e-3 (1e-4 in the seed) x0.2 every 20 epochs, no EMA, data in [0, 1].
+          Measured 0.567 on the whole test split with the scorer below
+          (recipe_levers, variant seed), 0.40 on 100 images with the seed's own
+          scorer (tools/results/seed_unet_digits.json).
 
 Both score with the project's fast default (expint3, 27 log-SNR steps, one
 Rademacher probe drawn afresh at every step). The seed's scorer, adaptive

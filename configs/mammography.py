@@ -11,7 +11,7 @@ Two recipes, chosen by the config argument (`--config configs/cbis_ddsm.py` or
           channel instead of three identical ones. Same network, exact-ODE
           accuracy on the whole digits test split 0.889 (0.864 with the data in
           [0, 1]; 0.622 with three channels) against the seed recipe's
-          SEED_FIGURE with the same scorer.
+          0.567 with the same scorer.
   "seed"  Sarker et al. (ISBI 2025), released code, literally: 384x384 inputs
           with 3 identical channels in [0, 1], random horizontal and vertical
           flips, the class-conditional U-Net (8.2 M parameters), VP SDE (beta

@@ -375,3 +375,34 @@ def test_demo_table_is_bound_to_a_results_file_or_says_it_is_not():
   assert_cell(cells("sample quality")[0], [report["generative"]["sample_quality_ode"],
                                            report["generative"]["sample_quality_euler_maruyama"]],
               "demo sample quality")
+
+
+# --- Recipe levers (tools/recipe_levers.py) and the three-seed low-data study -------------------
+
+def test_recipe_levers_table_equals_its_json():
+  data = results("recipe_levers.json")
+  rows = table("| lever (one change from the row it names) | variant |")
+  assert rows
+  for cells in rows:
+    [variant] = re.findall(r"`([a-z0-9_]+)`", cells[1])
+    run = data[variant]
+    what = f"recipe_levers {variant}"
+    assert_cell(cells[2], [run["training"]["num_steps"], run["training"]["batch_size"],
+                           run["train_seconds"]], what + " training")
+    assert_cell(cells[3], run["ode"]["accuracy"], what + " accuracy")
+    assert_cell(cells[4], run["ode"]["balanced_accuracy"], what + " balanced accuracy")
+    assert run["ode"]["images"] == 360   # the whole test split
+
+
+def test_low_data_seeds_table_equals_its_json():
+  study = results("low_data_seeds.json")["mlp"]
+  rows = table("| low-data setting (MLP, 8×8) | training images, steps | seeds |")
+  assert rows
+  for cells in rows:
+    setting = re.findall(r"`([a-z0-9_]+)`", cells[0])[0]
+    summary = study["table"][setting]
+    what = f"low_data_seeds {setting}"
+    assert_cell(cells[1], [summary["train_images"], summary["train_steps"]], what + " training")
+    assert_cell(cells[2], len(summary["seeds"]), what + " seeds")
+    for cell, method in zip(cells[3:7], ("ode", "bound", "cnn", "cnn_balanced")):
+      assert_cell(cell, summary[f"{method}_balanced_accuracy"], f"{what} {method}")
