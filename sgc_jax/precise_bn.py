@@ -24,8 +24,26 @@ from typing import Callable, Iterable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from sgc_jax.inputs import model_inputs
 
 COLLECTION = "batch_stats"
+
+
+def sample_batches(source, config, key: jax.Array, num_batches: int, batch_size: int):
+  """`num_batches` random batches (x0 model inputs, labels) of `source`'s records, keyed by `key`.
+
+  Every process given the same `source` and `key` draws the same images.
+  """
+  batch_size = min(batch_size, len(source))
+  for i in range(num_batches):
+    batch_key = jax.random.fold_in(key, i)
+    index = np.asarray(jax.random.choice(batch_key, len(source), (batch_size,), replace=False))
+    records = [source[int(j)] for j in index]
+    x0 = model_inputs(jax.random.fold_in(batch_key, 1),
+                      np.stack([r["image"] for r in records]), config)
+    yield x0, jnp.asarray([r["label"] for r in records], jnp.int32)
 
 
 def _stats_from_zero_state(apply_fn, variables, x, t, y):

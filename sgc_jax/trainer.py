@@ -249,21 +249,11 @@ def _with_precise_batch_stats(state: TrainState, config, model, sde, train_sourc
     return state
   data_key, noise_key = jax.random.split(
       jax.random.fold_in(jax.random.PRNGKey(config.seed + 2), step))
-  batch_size = min(training.batch_size, len(train_source))
-
-  def batches():
-    for i in range(training.precise_bn_batches):
-      batch_key = jax.random.fold_in(data_key, i)
-      index = np.asarray(jax.random.choice(batch_key, len(train_source), (batch_size,),
-                                           replace=False))
-      records = [train_source[int(j)] for j in index]
-      x0 = model_inputs(jax.random.fold_in(batch_key, 1),
-                        np.stack([r["image"] for r in records]), config)
-      yield x0, jnp.asarray([r["label"] for r in records], jnp.int32)
-
+  batches = precise_bn.sample_batches(train_source, config, data_key,
+                                      training.precise_bn_batches, training.batch_size)
   variables = {"params": state.ema_params, **state.model_state}
-  stats = precise_bn.precise_batch_stats(model.apply, variables, batches(),
-                                         noise_key, sde, eps=training.eps)
+  stats = precise_bn.precise_batch_stats(model.apply, variables, batches, noise_key, sde,
+                                         eps=training.eps)
   stats = jax.device_put(stats, sharding.replicated(mesh))
   return state.replace(model_state={**state.model_state, precise_bn.COLLECTION: stats})
 

@@ -31,7 +31,6 @@ import sgc_jax  # pylint: disable=wrong-import-position
 from configs import digits, digits_unet  # pylint: disable=wrong-import-position
 # pylint: disable=wrong-import-position
 from sgc_jax import api, classifier, metrics, precise_bn, provenance, trainer
-from sgc_jax.inputs import model_inputs  # pylint: disable=wrong-import-position
 
 # Every U-Net variant starts from the seed's recipe, so each row is one lever away from it.
 _BASES = {"digits": digits.get_config, "digits_unet_seed": lambda: digits_unet.get_config("seed")}
@@ -113,20 +112,11 @@ def with_precise_batch_stats(trained, batches: int = _PRECISE_BN_BATCHES, batch_
   """`trained` with its BatchNorm statistics recomputed under its (EMA) parameters."""
   config = trained.config
   source = trained.builder.as_data_source(split="train")
-  key = jax.random.PRNGKey(config.seed + 2)
-
-  def sample():
-    for i in range(batches):
-      index = np.asarray(jax.random.choice(jax.random.fold_in(key, i), len(source),
-                                           (batch_size,), replace=False))
-      records = [source[int(j)] for j in index]
-      x0 = model_inputs(jax.random.fold_in(key, batches + i),
-                        np.stack([r["image"] for r in records]), config)
-      yield x0, np.asarray([r["label"] for r in records], np.int32)
-
-  stats = precise_bn.precise_batch_stats(trained.model.apply, trained.variables, sample(),
-                                         jax.random.fold_in(key, 2 * batches), trained.sde,
-                                         eps=config.training.eps)
+  data_key, noise_key = jax.random.split(jax.random.PRNGKey(config.seed + 2))
+  stats = precise_bn.precise_batch_stats(
+      trained.model.apply, trained.variables,
+      precise_bn.sample_batches(source, config, data_key, batches, batch_size), noise_key,
+      trained.sde, eps=config.training.eps)
   variables = {**trained.variables, precise_bn.COLLECTION: stats}
   return api.from_variables(config, variables, spec=trained.spec, workdir=trained.workdir,
                             step=trained.step, mesh=trained.mesh, model=trained.model)
