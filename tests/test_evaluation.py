@@ -15,6 +15,7 @@ from sgc_jax import baseline, demo, estimators, evaluation, inputs, models, trai
 from sgc_jax import sde as sde_lib
 from sgc_jax.data import reader, records
 from sgc_jax.evaluators import common
+from tiny import tiny_sample_quality_config
 
 
 def read_predictions(path):
@@ -144,12 +145,7 @@ def test_sample_quality_is_judged_by_a_given_baseline_never_a_trained_one(traine
   config, source, _, _ = trained
   workdir = str(tmp_path / "run")
   shutil.copytree(source, workdir, ignore=shutil.ignore_patterns("eval_*", "baseline"))
-  config = config.copy_and_resolve_references()
-  config.eval.evaluators = ("class_likelihood", "sample_quality")
-  config.eval.calibrate, config.eval.max_examples = False, 4
-  config.eval.num_samples, config.eval.sampler_steps = 1, 4
-  config.eval.sample_quality_samplers = ("euler_maruyama",)
-  config.eval.sample_quality_per_class = 2
+  config = tiny_sample_quality_config(config, per_class=2)
   report = evaluation.evaluate(config, workdir)["ode"]
   # No baseline in the workdir: the samples are drawn, not judged, and no CNN is trained.
   assert not os.path.exists(os.path.join(workdir, "baseline"))

@@ -10,6 +10,7 @@ import numpy as np
 
 from sgc_jax import baseline, evaluation, flow_diagnostics, train_state
 from sgc_jax.evaluators import common
+from tiny import tiny_sample_quality_config
 
 
 def _table(path):
@@ -71,12 +72,7 @@ def test_sample_quality_in_metrics_json_is_the_baselines_recognition_rate(traine
                                                                           tmp_path):
   config, source, state, model = trained_tiny_digits
   workdir = _copy(source, tmp_path)
-  config = config.copy_and_resolve_references()
-  config.eval.evaluators = ("class_likelihood", "sample_quality")
-  config.eval.calibrate, config.eval.max_examples = False, 4
-  config.eval.num_samples, config.eval.sampler_steps = 1, 4
-  config.eval.sample_quality_samplers = ("euler_maruyama",)
-  config.eval.sample_quality_per_class = 3
+  config = tiny_sample_quality_config(config, per_class=3)
   # A baseline that calls every image a 0: exactly the class-0 samples are
   # recognised, so the score is 1/10 whatever the samples look like.
   cnn = baseline.SmallCNN(num_classes=10, width=config.baseline.width)

@@ -33,3 +33,14 @@ def tiny_config(data_dir: str, *, model: str = "mlp", steps: int = 20):
   config.baseline.width = 16
   config.baseline.batch_size = 16
   return config
+
+
+def tiny_sample_quality_config(config, *, per_class: int):
+  """`config` evaluating 4 test images plus a one-step-per-class Euler-Maruyama sample grid."""
+  config = config.copy_and_resolve_references()
+  config.eval.evaluators = ("class_likelihood", "sample_quality")
+  config.eval.calibrate, config.eval.max_examples = False, 4
+  config.eval.num_samples, config.eval.sampler_steps = 1, 4
+  config.eval.sample_quality_samplers = ("euler_maruyama",)
+  config.eval.sample_quality_per_class = per_class
+  return config
