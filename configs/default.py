@@ -64,6 +64,12 @@ def get_config() -> ml_collections.ConfigDict:
   training.reduce_mean = False        # the seed sums the squared error over pixels
   training.likelihood_weighting = False
   training.importance_sampling = False
+  # Weight of second-order (trace) score matching, 0 for none (sgc_jax/losses.py); costs one
+  # forward-mode pass per step, so it serves as a fine-tune (training.init_from).
+  training.second_order_weight = 0.0
+  # A fine-tune: a fresh run starts from this workdir's latest inference variables (its EMA
+  # where it has one, and its BatchNorm statistics) with a fresh optimizer and schedule.
+  training.init_from = ""
   training.label_dropout = 0.0        # needs a model with a null label (ddpmpp, mlp)
   training.log_every = 50
   training.checkpoint_every = 500

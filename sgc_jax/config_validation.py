@@ -56,6 +56,8 @@ def validate_config(config, builder=None, *, spec=None):
            "must be >= 0")
   _require(0.0 <= training.label_dropout < 1.0, "training.label_dropout", "must be in [0, 1)")
   _require(0.0 < training.eps < 1.0, "training.eps", "must be in (0, 1)")
+  _require(training.second_order_weight >= 0.0, "training.second_order_weight",
+           f"must be >= 0, got {training.second_order_weight}")
   if training.label_dropout:
     model_cls = models.MODELS.get(config.model.name)
     _require(getattr(model_cls, "supports_null_label", False), "training.label_dropout",

@@ -29,7 +29,8 @@ from sgc_jax.evaluators import sample_quality
 from sgc_jax.inputs import image_shape, model_inputs, random_flips
 from sgc_jax.models import class_gaussian
 from sgc_jax.train_state import (TrainState, abstract_train_state, create_train_state,
-                                 inference_variables, make_optimizer)
+                                 inference_variables, make_optimizer,
+                                 restore_inference_variables, state_from_variables)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -71,7 +72,8 @@ def make_train_step(config, model, tx, sde, schedule):
       return losses.dsm_loss(
           model.apply, variables, x, labels, loss_key, sde, eps=training.eps,
           reduce_mean=training.reduce_mean, likelihood_weighting=training.likelihood_weighting,
-          importance_sampling=training.importance_sampling)
+          importance_sampling=training.importance_sampling,
+          second_order_weight=training.second_order_weight)
 
     (loss, new_model_state), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     grad_norm = optax.tree.norm(grads)
@@ -171,6 +173,8 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
     if data_state is not None:
       data_iter.set_state(data_state)
     tqdm.tqdm.write(f"resumed from step {int(state.step)} in {workdir}")
+  elif training.init_from:
+    state = _fine_tune_start(config, model, tx, shape, mesh)
   else:
     state = create(init_key)
     if class_gaussian.has_class_gaussian(state.model_state):
@@ -209,6 +213,22 @@ def train(config, workdir: str, *, mesh=None) -> tuple[TrainState, Any]:
     writer.close()
     manager.wait_until_finished()
   return state, model
+
+
+def _fine_tune_start(config, model, tx, shape, mesh) -> TrainState:
+  """A step-0 state holding `training.init_from`'s latest inference variables.
+
+  Its EMA parameters (where it kept one) become both the parameters and the EMA
+  start; the optimizer and the schedule start afresh. The other run must be the
+  same network: a checkpoint of another one is refused naming what differs.
+  """
+  source = config.training.init_from
+  manager = checkpointing.make_manager(source)
+  if checkpointing.latest_step(manager) is None:
+    raise FileNotFoundError(f"training.init_from: no checkpoint under {source!r}")
+  variables, _ = restore_inference_variables(manager, model, shape, config.data.num_classes,
+                                             mesh=mesh)
+  return jax.device_put(state_from_variables(config, tx, variables), sharding.replicated(mesh))
 
 
 def _with_class_gaussians(state: TrainState, config, train_source, mesh) -> TrainState:

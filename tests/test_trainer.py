@@ -209,3 +209,28 @@ def test_ema_warmup_follows_the_steps_so_far_then_the_configured_decay():
   # warm-up it is ~ 10 / n (0.5 % at 2,000 steps) instead of 0.999**n (13.5 %).
   decays = np.asarray([float(trainer.ema_decay_at(s, 0.999, warmup=True)) for s in range(2000)])
   assert np.prod(decays) < 0.01 < 0.999 ** 2000 / 10
+
+
+def test_fine_tune_starts_from_the_other_runs_ema_with_the_second_order_loss(data_dir, tmp_path):
+  """training.init_from: step 0 holds the source's EMA parameters and BatchNorm statistics."""
+  config = tiny_config(data_dir, model="unet", steps=10)
+  config.model.class_gaussian = "none"
+  source, _ = trainer.train(config, str(tmp_path / "source"))
+  tune = config.copy_and_resolve_references()
+  tune.training.init_from = str(tmp_path / "source")
+  tune.training.num_steps = 1
+  tune.training.learning_rate = 1e-30      # one step that moves nothing measurable
+  tune.training.second_order_weight = 1.0
+  tuned, _ = trainer.train(tune, str(tmp_path / "tuned"))
+  assert int(tuned.step) == 1
+  for a, b in zip(jax.tree.leaves(source.ema_params), jax.tree.leaves(tuned.params)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+  # The source's raw parameters differ from its EMA: starting from them would fail above.
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(source.ema_params),
+                                                   jax.tree.leaves(source.params)))
+  rows = [json.loads(l) for l in open(tmp_path / "tuned" / "metrics.jsonl", encoding="utf-8")]
+  assert np.isfinite(rows[-1]["loss"])
+  missing = tune.copy_and_resolve_references()
+  missing.training.init_from = str(tmp_path / "nowhere")
+  with pytest.raises(FileNotFoundError, match="training.init_from"):
+    trainer.train(missing, str(tmp_path / "missing"))

@@ -44,6 +44,10 @@ _FAST_EVAL = {"eval.solver": "expint3", "eval.adaptive": False, "eval.num_steps"
 _LONG = {"training.batch_size": 64, "training.lr_schedule": "cosine",
          "training.warmup_steps": 200, "training.ema_decay": 0.999}
 
+_FINE_TUNE = {**_LONG, "init_from": "ema_cosine_16k_range11", "data.range": (-1.0, 1.0),
+              "training.num_steps": 2000, "training.learning_rate": 2e-4,
+              "training.warmup_steps": 100, "training.checkpoint_every": 1000}
+
 VARIANTS = {
     # The shipped recipe (2,000 steps of batch 32, x0.2 every 20 epochs, no EMA).
     "seed": {**_FAST_EVAL},
@@ -53,10 +57,20 @@ VARIANTS = {
     # The same with the data in [-1, 1] instead of the seed's [0, 1].
     "ema_cosine_8k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
                               "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
-    # Four times as long (1,580 epochs of the 1,293 images), a slower EMA.
     # Twice as long (800 epochs), data in [-1, 1].
     "ema_cosine_16k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 16000,
                                "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
+    # Likelihood-weighted loss with t importance-sampled from g^2/sigma^2 (Song et al. 2021):
+    # about half the training times fall below t = 3e-3, where the 8-bit bins and the thin
+    # directions of the upsampled images are resolved and most of the ODE's log p accrues.
+    "ema_cosine_8k_range11_is": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
+                                 "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0),
+                                 "training.importance_sampling": True},
+    # Fine-tunes of ema_cosine_16k_range11's EMA (training.init_from): 2,000 more steps at a
+    # fifth of the learning rate, with and without second-order score matching (Lu et al.
+    # 2022; sgc_jax/losses.py), so that the second row is one lever away from the first.
+    "ft2k_16k_range11": {**_FAST_EVAL, **_FINE_TUNE},
+    "ft2k_16k_range11_dsm2": {**_FAST_EVAL, **_FINE_TUNE, "training.second_order_weight": 1.0},
     # The seed's three identical channels instead of one (two thirds of the dimensions copies).
     "ema_cosine_8k_3ch": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
                           "training.checkpoint_every": 2000, "data.num_channels": 3},
@@ -65,6 +79,8 @@ VARIANTS = {
     "mlp_6k": {"base": "digits"},
     "mlp_12k": {"base": "digits", "training.num_steps": 12000,
                 "training.checkpoint_every": 6000},
+    # The demo's recipe with the likelihood-weighted, importance-sampled loss.
+    "mlp_6k_is": {"base": "digits", "training.importance_sampling": True},
 }
 # Variants that score another variant's trained model with its BatchNorm statistics
 # recomputed under the EMA parameters (sgc_jax/precise_bn.py), 32 batches.
@@ -74,11 +90,17 @@ _PRECISE_BN_BATCHES = 32
 
 
 
-def variant_config(name: str, data_dir: str = ""):
-  """The variant's config (`base`, default the seed U-Net recipe) with its overrides."""
+def variant_config(name: str, data_dir: str = "", workdir: str = ""):
+  """The variant's config (`base`, default the seed U-Net recipe) with its overrides.
+
+  A fine-tune (`init_from`: another variant) starts from that variant's run in `workdir`.
+  """
   overrides = dict(VARIANTS[PRECISE_BN.get(name, name)])
   config = _BASES[overrides.pop("base", "digits_unet_seed")]()
+  init_from = overrides.pop("init_from", "")
   config.update_from_flattened_dict(overrides)
+  if init_from:
+    config.training.init_from = os.path.join(workdir, init_from)
   config.eval.max_examples = 0
   if data_dir:
     config.data.data_dir = data_dir
@@ -136,7 +158,7 @@ def training_seconds(workdir: str) -> float:
 
 def run_variant(name: str, workdir: str, data_dir: str = "") -> dict:
   """Trains (or resumes) and scores one variant; returns its JSON entry."""
-  config = variant_config(name, data_dir)
+  config = variant_config(name, data_dir, workdir)
   trained_as = PRECISE_BN.get(name, name)
   out_dir = os.path.join(workdir, trained_as)
   load_before = os.getloadavg()
