@@ -1,10 +1,11 @@
 """The fast layers of sgc_jax.models.layers compute what Flax's layers compute.
 
 `layers.ConvTranspose` (one einsum) against `nn.ConvTranspose`, and
-`layers.Conv` (im2col on maps smaller than the kernel) against `nn.Conv`: the
-same parameters give the same outputs and the same gradients with respect to
-the input and every parameter. `layers.max_pool` against `nn.max_pool`, and
-its tie rule against PyTorch's.
+`layers.Conv` (im2col for 1x1 kernels and on maps smaller than the kernel)
+against `nn.Conv`: the same parameters give the same outputs and the same
+gradients with respect to the input and every parameter, and `layers.Conv`
+the same forward-mode derivatives. `layers.max_pool` against `nn.max_pool`,
+and its tie rule against PyTorch's.
 """
 import flax.linen as nn
 import jax
@@ -56,6 +57,30 @@ def test_conv_equals_flax_on_small_and_large_maps(shape, use_bias):
   x = _random_like(jnp.zeros(shape), seed=0)
   _assert_same_function(layers.Conv(6, 3, use_bias=use_bias),
                         nn.Conv(6, (3, 3), padding=1, use_bias=use_bias), x)
+
+
+@pytest.mark.parametrize("shape,kernel_size", [((2, 2, 2, 4), 3), ((2, 5, 4, 3), 3),
+                                               ((2, 3, 3, 4), 1)])
+def test_conv_forward_mode_equals_flax(shape, kernel_size):
+  # The likelihood's divergence differentiates the U-Net in forward mode, wrt the input only;
+  # also with a kernel tangent. 2x2 maps and 1x1 kernels take the im2col path, 3x3 kernels on
+  # the 5x4 map the convolution.
+  x = _random_like(jnp.zeros(shape), seed=0)
+  ours = layers.Conv(6, kernel_size)
+  reference = nn.Conv(6, (kernel_size, kernel_size), padding=kernel_size // 2)
+  variables = _random_like(jax.eval_shape(reference.init, jax.random.key(0), x), seed=1)
+  x_tangent, variables_tangent = _random_like(x, seed=2), _random_like(variables, seed=3)
+
+  @jax.jit
+  def jvps(variables, x):
+    def both(module):
+      return (jax.jvp(lambda x: module.apply(variables, x), (x,), (x_tangent,)),
+              jax.jvp(module.apply, (variables, x), (variables_tangent, x_tangent)))
+    return both(ours), both(reference)
+
+  ours_result, expected = jvps(variables, x)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5),
+               ours_result, expected)
 
 
 def test_conv_1x1_equals_flax():

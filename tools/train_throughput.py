@@ -432,6 +432,7 @@ def run_layers(args) -> None:
       previous = json.load(f)
   with_torch = not args.skip_torch and _has_torch()
   commit = provenance.git_commit(ROOT)
+  key = lambda variant: f"{variant}@{args.label}" if args.label else variant
   report = {
       "machine": f"{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()})",
       "commit": commit,  # of the latest invocation; every run below records its own
@@ -441,6 +442,8 @@ def run_layers(args) -> None:
       "xla_flags_environment": os.environ.get("XLA_FLAGS", ""),
       "variants": {name: JAX_VARIANTS[name] for name in
                    sorted(set(args.variants) | set(previous.get("variants", {})))},
+      # Written by hand after reading the numbers; kept across invocations.
+      "findings": previous.get("findings", {}),
       "resolutions": previous.get("resolutions", {}),
   }
   for size in args.sizes:
@@ -454,8 +457,8 @@ def run_layers(args) -> None:
       runs["torch"] = {**_layers_child("torch", size, rows=shapes), "commit": commit}
       print(f"{size}²: torch {runs['torch']['wall_s']} s", flush=True)
     for variant in args.variants if not args.skip_layers else ():
-      runs[variant] = {**_layers_child("jax", size, variant, rows=shapes), "commit": commit}
-      print(f"{size}²: jax {variant} {runs[variant]['wall_s']} s", flush=True)
+      runs[key(variant)] = {**_layers_child("jax", size, variant, rows=shapes), "commit": commit}
+      print(f"{size}²: jax {key(variant)} {runs[key(variant)]['wall_s']} s", flush=True)
     if args.step_check:
       # The whole training step (the default mode's measurement) under each variant's XLA flags.
       steps = entry.setdefault("whole_step", {})
@@ -463,7 +466,7 @@ def run_layers(args) -> None:
         steps["torch"] = {**_child("torch", size, LAYER_BATCH, args.steps, 1), "commit": commit}
       for variant in args.variants:
         if JAX_VARIANTS[variant]["impl"] == "conv":
-          steps[variant] = {str(d): {**_child("jax", size, LAYER_BATCH, args.steps, d,
+          steps[key(variant)] = {str(d): {**_child("jax", size, LAYER_BATCH, args.steps, d,
                                               JAX_VARIANTS[variant]["xla_flags"]),
                                       "commit": commit} for d in args.devices}
       if "torch" in steps:
@@ -551,6 +554,9 @@ def main():
   parser.add_argument("--step_check", action="store_true",
                       help="--layers: also time the whole training step (--devices, --steps) "
                       "under each variant's XLA flags, and PyTorch's")
+  parser.add_argument("--label", default="",
+                      help="--layers: store this invocation's JAX runs as VARIANT@LABEL, keeping "
+                      "those without the label (e.g. measured before a change of the code)")
   parser.add_argument("--skip_layers", action="store_true",
                       help="--layers --step_check: the whole steps only")
   parser.add_argument("--layers_child", nargs=3, metavar=("KIND", "SIZE", "IMPL"),
