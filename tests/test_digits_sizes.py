@@ -81,7 +81,7 @@ def test_digits_unet_default_recipe_is_the_measured_variant():
   """configs/digits_unet.py's default is the recipe_levers row the README quotes for it."""
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
   import recipe_levers  # pylint: disable=import-outside-toplevel
-  measured = recipe_levers.variant_config("ema_cosine_8k_range11").to_dict()
+  measured = recipe_levers.variant_config("ema_cosine_28k_range11").to_dict()
   shipped = digits_unet.get_config().to_dict()
   for block in ("data", "model", "training", "sde", "eval"):
     assert shipped[block] == measured[block], block
