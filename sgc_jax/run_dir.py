@@ -79,9 +79,18 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
                             "pass the run's config explicitly (--config)")
   with open(path, encoding="utf-8") as f:
     try:
-      return ml_collections.ConfigDict(json.load(f))
+      return ml_collections.ConfigDict(_tuples(json.load(f)))
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from e
+
+
+def _tuples(value):
+  """JSON's lists back as the tuples the configs hold, so `--config.FIELD` can override them."""
+  if isinstance(value, dict):
+    return {k: _tuples(v) for k, v in value.items()}
+  if isinstance(value, list):
+    return tuple(_tuples(v) for v in value)
+  return value
 
 
 def _plain(value):

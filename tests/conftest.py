@@ -14,10 +14,14 @@ import tempfile
 
 # Must be set before JAX initialises its backends. XLA:CPU aborts the process when a device
 # thread misses a collective for 40 s, which 4 devices on 2 loaded cores can (seen here on a
-# training step): the longer timeouts keep a slow machine slow rather than dead.
+# training step): the longer timeouts keep a slow machine slow rather than dead. With the
+# suite's two workers, XLA:CPU's multi-threaded Eigen pool once wedged a 4-device training
+# step for good (every thread idle; the same wedge as PyAutoFit issue 1528, cured there by
+# this flag): single-threaded Eigen ops, the devices and the two workers fill the cores.
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4"
                       " --xla_cpu_collective_call_terminate_timeout_seconds=1200"
-                      " --xla_cpu_collective_timeout_seconds=1200")
+                      " --xla_cpu_collective_timeout_seconds=1200"
+                      " --xla_cpu_multi_thread_eigen=false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   _CACHE = tempfile.mkdtemp(prefix="sgc_jax_test_xla_cache_")
@@ -76,8 +80,18 @@ _SLOW_TESTS = {
 _SLOW_FIXTURES = {"trained_tiny_digits", "digits_data_dir"}
 
 
+# The longest modules (measured with `--durations`), run first: `-n 2 --dist loadfile` hands out
+# whole modules in collection order, so the longest ones first keep both workers busy to the end.
+_LONGEST_FIRST = ("test_recipe.py", "test_trainer.py", "test_scoring.py", "test_likelihood.py",
+                  "test_device_check.py", "test_multiprocess.py", "test_evaluation.py",
+                  "test_seed_import.py", "test_builders.py", "test_solver_bench.py",
+                  "test_precise_bn.py", "test_scoring_tables.py", "test_sampling.py")
+
+
 def pytest_collection_modifyitems(config, items):
   del config
+  rank = {module: i for i, module in enumerate(_LONGEST_FIRST)}
+  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
   for item in items:
     module = os.path.basename(str(item.fspath))
     name = f"{module}::{item.originalname}"

@@ -1,6 +1,7 @@
 """`sgc-score --workdir W --config.eval.FIELD=VALUE`: eval overrides without a config file."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -67,3 +68,24 @@ def test_sgc_score_cli_takes_eval_overrides_without_a_config_file(trained_tiny_d
     summary = json.load(f)
   assert summary["scored"] == 3 and summary["estimator"] == "denoising"
   assert summary["identity"]["eval"]["num_time_samples"] == 3
+
+
+@pytest.mark.slow
+def test_sgc_evaluate_cli_takes_eval_overrides_without_a_config_file(trained_tiny_digits,
+                                                                     tmp_path):
+  _, source, _, _ = trained_tiny_digits
+  workdir = str(tmp_path / "run")
+  shutil.copytree(source, workdir)        # the session's run stays as trained
+  result = subprocess.run(
+      [sys.executable, "-m", "sgc_jax.cli.evaluate", f"--workdir={workdir}",
+       "--config.eval.estimator=denoising", "--config.eval.num_time_samples=3",
+       "--config.eval.max_examples=3", "--config.eval.calibrate=False",
+       "--config.eval.num_samples=0", "--config.eval.evaluators=('class_likelihood',)"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600,
+      env=dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1"))
+  assert result.returncode == 0, result.stderr[-3000:]
+  with open(os.path.join(workdir, "eval_test_denoising", "metrics.json"), encoding="utf-8") as f:
+    metrics = json.load(f)
+  # Each override took effect: the estimator, its 3 time samples, 3 images, no temperature fit.
+  assert metrics["estimator"] == "denoising" and metrics["mean_nfe"] == 3
+  assert metrics["images"] == 3 and metrics["temperature"] == 1.0

@@ -1,4 +1,4 @@
-"""Multi-process jobs: two CPU processes train and score a split as one process does."""
+"""Multi-process jobs: two CPU processes train, evaluate and score as one process does."""
 import functools
 import json
 import os
@@ -9,26 +9,31 @@ import sys
 
 import jax
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 import sgc_jax
-from sgc_jax import checkpointing, evaluation, sharding, train_state, trainer
-from sgc_jax.data import reader
+from sgc_jax import checkpointing, evaluation, scoring, sharding, train_state, trainer
+from sgc_jax.data import reader, records
 from test_evaluation import read_predictions
-from tiny import tiny_config
+from tiny import tiny_bound_config, tiny_config, tiny_split_config
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
 
-_WORKER = """
-import json, sys
+# One two-process job, launched once for the module, doing what a pod's job does in the order
+# that proves each part joins the job itself: it first evaluates a split of a model that one
+# process trained (nothing before evaluation has joined the job), then builds fresh records
+# (process 0 while 1 waits), trains, and scores part of a split as an archive.
+_JOB_WORKER = """
+import json, os, shutil, sys
 sys.path[:0] = [{tests!r}, {root!r}]
-import jax
-from tiny import tiny_config
-from sgc_jax import evaluation
+import numpy as np, jax
+from tiny import tiny_bound_config, tiny_config, tiny_split_config
+from sgc_jax import evaluation, scoring, train_state, trainer
 from sgc_jax.data import reader
 from sgc_jax.evaluators import class_likelihood
-# What this process does itself: the images of each split it scores, and
+# What this process does itself in the evaluation: the images of each split it scores, and
 # whether it writes the outputs.
 scored, wrote = [], []
 real_eval_batches, real_write_outputs = reader.eval_batches, class_likelihood.write_outputs
@@ -44,31 +49,28 @@ def recorded_write(*args, **kwargs):
   return real_write_outputs(*args, **kwargs)
 
 reader.eval_batches, class_likelihood.write_outputs = counted_batches, recorded_write
-config = tiny_config({data_dir!r}, steps=10)  # the run's config (another model's is refused)
-config.eval.max_examples = {max_examples}
-config.eval.num_samples = 0
-report = evaluation.evaluate(config, {workdir!r})["ode"]
-print("REPORT " + json.dumps({{
-    "metrics": {{k: report[k] for k in ("accuracy", "images", "temperature")}},
-    "processes": jax.process_count(), "scored": scored, "wrote": len(wrote)}}))
-"""
+report = evaluation.evaluate(tiny_split_config({shared_data_dir!r}), {evaluated_run!r})["ode"]
+reader.eval_batches, class_likelihood.write_outputs = real_eval_batches, real_write_outputs
+if jax.process_index() == 0:   # kept from the one-process evaluation the test runs next
+  shutil.copytree({evaluated_run!r} + "/eval_test", {evaluated!r})
 
-
-_TRAIN_WORKER = """
-import json, sys
-sys.path[:0] = [{tests!r}, {root!r}]
-import numpy as np, jax
-from tiny import tiny_config
-from sgc_jax import train_state, trainer
-state, _ = trainer.train(tiny_config({data_dir!r}, steps=10), {workdir!r})
+config = tiny_config({data_dir!r}, steps=10)
+state, _ = trainer.train(config, {workdir!r})
 params = train_state.inference_variables(state)["params"]
 total = sum(float(np.abs(np.asarray(leaf.addressable_data(0))).sum())
             for leaf in jax.tree.leaves(params))
 if jax.process_index() == 0:   # the raw (not EMA) parameters, for the 1-process comparison
   np.savez({workdir!r} + "/raw_params.npz",
            *[np.asarray(leaf.addressable_data(0)) for leaf in jax.tree.leaves(state.params)])
-print("REPORT " + json.dumps({{"step": int(state.step.addressable_data(0)), "total": total,
-                              "devices": jax.device_count()}}))
+
+summary = scoring.score_archive(scoring.load_model({workdir!r}, tiny_bound_config(config)),
+                                ["tfds:digits:test[:11]"], {scored_out!r}, per_device_batch=1,
+                                decode_workers=1, chunk_size=3, progress=False)
+print("REPORT " + json.dumps({{
+    "step": int(state.step.addressable_data(0)), "total": total,
+    "devices": jax.device_count(), "processes": jax.process_count(),
+    "metrics": {{k: report[k] for k in ("accuracy", "images", "temperature")}},
+    "scored": scored, "wrote": len(wrote), "summary": summary}}))
 """
 
 
@@ -96,43 +98,34 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_score_a_split_like_one(tmp_path, digits_data_dir):
-  data_dir, workdir = digits_data_dir, str(tmp_path / "run")
-  config = tiny_config(data_dir, steps=10)
-  config.eval.max_examples = 11           # an odd count: the processes get 6 and 5
-  config.eval.num_samples = 0             # samples are not what this test is about (slow on CPU)
-  trainer.train(config, workdir)
-  single = evaluation.evaluate(config, workdir)["ode"]
-  out = os.path.join(workdir, "eval_test")
-  ids_one, _, ll_one = read_predictions(os.path.join(out, "predictions.csv"))
-  shutil.rmtree(out)
-
-  reports = _run_workers(_WORKER.format(tests=TESTS, root=ROOT, data_dir=data_dir,
-                                        workdir=workdir, max_examples=11))
-
-  # One job of two processes: each scores its own share of every split it
-  # passes over (records 0, 2, .. and 1, 3, ..), and process 0 alone writes.
+@pytest.fixture(scope="module")
+def job(tmp_path_factory, digits_data_dir):
+  """(paths, reports of processes 0 and 1) of the module's one two-process job."""
+  root = tmp_path_factory.mktemp("job")
+  # "tfds": a fresh data dir (not conftest's), so that process 0 builds the records while 1
+  # waits; "evaluated_run": the model one process trains on conftest's records, for the job to
+  # evaluate; "evaluated": the job's evaluation outputs.
+  paths = {name: str(root / name) for name in ("tfds", "run", "evaluated_run", "evaluated",
+                                               "scored")}
+  config = tiny_split_config(digits_data_dir)
+  trainer.train(config, paths["evaluated_run"])
+  single = evaluation.evaluate(config, paths["evaluated_run"])["ode"]
+  shutil.move(os.path.join(paths["evaluated_run"], "eval_test"), str(root / "evaluated_alone"))
+  script = _JOB_WORKER.format(tests=TESTS, root=ROOT, shared_data_dir=digits_data_dir,
+                              evaluated_run=paths["evaluated_run"], evaluated=paths["evaluated"],
+                              data_dir=paths["tfds"], workdir=paths["run"],
+                              scored_out=paths["scored"])
+  reports = _run_workers(script)
   assert [r["processes"] for r in reports] == [2, 2]
-  assert len(reports[0]["scored"]) == len(reports[1]["scored"]) >= 2   # test and validation
-  assert set(reports[0]["scored"]) == {6} and set(reports[1]["scored"]) == {5}
-  assert [r["wrote"] for r in reports] == [1, 0]
-  # Every process returns the whole split's metrics.
-  assert reports[0]["metrics"] == reports[1]["metrics"]
-  assert reports[0]["metrics"]["images"] == single["images"] == 11
-  np.testing.assert_allclose(reports[0]["metrics"]["temperature"], single["temperature"],
-                             rtol=1e-4)
-  ids_two, _, ll_two = read_predictions(os.path.join(out, "predictions.csv"))
-  assert ids_two == ids_one                # gathered back into record order
-  np.testing.assert_allclose(ll_two, ll_one, rtol=1e-5, atol=1e-3)
+  return {**paths, "evaluated_alone": str(root / "evaluated_alone"), "single": single}, reports
 
 
-def test_two_processes_train_one_replicated_model(tmp_path, monkeypatch):
-  # A fresh data dir (not conftest's): process 0 builds the records while 1 waits.
-  data_dir, workdir = str(tmp_path / "tfds"), str(tmp_path / "run")
-  reports = _run_workers(_TRAIN_WORKER.format(tests=TESTS, root=ROOT, data_dir=data_dir,
-                                              workdir=workdir))
-  assert reports[0] == reports[1]           # one model, replicated on all 4 devices
-  assert reports[0]["step"] == 10 and reports[0]["devices"] == 4
+def test_two_processes_train_one_replicated_model(job, tmp_path, monkeypatch):
+  paths, reports = job
+  data_dir, workdir = paths["tfds"], paths["run"]
+  keys = ("step", "total", "devices")
+  assert [{k: r[k] for k in keys} for r in reports] == [{k: reports[0][k] for k in keys}] * 2
+  assert reports[0]["step"] == 10 and reports[0]["devices"] == 4   # one model on 4 devices
   rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"),
                                             encoding="utf-8")]
   assert [r["step"] for r in rows] == [5, 10]  # written once, by process 0
@@ -155,6 +148,45 @@ def test_two_processes_train_one_replicated_model(tmp_path, monkeypatch):
     np.testing.assert_allclose(a, np.asarray(b), rtol=1e-5, atol=1e-6)
   for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(train_state.inference_variables(state))):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_two_processes_score_a_split_like_one(job):
+  paths, reports = job
+  single = paths["single"]
+  # One job of two processes: each scores its own share of every split it
+  # passes over (records 0, 2, .. and 1, 3, ..), and process 0 alone writes.
+  assert len(reports[0]["scored"]) == len(reports[1]["scored"]) >= 2   # test and validation
+  assert set(reports[0]["scored"]) == {6} and set(reports[1]["scored"]) == {5}
+  assert [r["wrote"] for r in reports] == [1, 0]
+  # Every process returns the whole split's metrics, those of one process.
+  assert reports[0]["metrics"] == reports[1]["metrics"]
+  assert reports[0]["metrics"]["images"] == single["images"] == 11
+  np.testing.assert_allclose(reports[0]["metrics"]["temperature"], single["temperature"],
+                             rtol=1e-4)
+  ids_one, _, ll_one = read_predictions(os.path.join(paths["evaluated_alone"], "predictions.csv"))
+  ids_two, _, ll_two = read_predictions(os.path.join(paths["evaluated"], "predictions.csv"))
+  assert ids_two == ids_one                # gathered back into record order
+  np.testing.assert_allclose(ll_two, ll_one, rtol=1e-5, atol=1e-3)
+
+
+def test_trained_by_two_processes_scored_by_one_and_by_two(job, tmp_path):
+  paths, reports = job
+  summary = reports[0]["summary"]
+  assert reports[1]["summary"] == summary and summary["scored"] == 11
+  loaded = scoring.load_model(paths["run"],
+                              tiny_bound_config(tiny_config(paths["tfds"], steps=10)))
+  one = scoring.score_archive(loaded, ["tfds:digits:test[:11]"], str(tmp_path / "one"),
+                              per_device_batch=1, decode_workers=0, progress=False)
+  assert one["model_step"] == summary["model_step"] == 10
+  scores_two = pq.read_table(os.path.join(paths["scored"], "scores.parquet")).to_pylist()
+  scores_one = pq.read_table(os.path.join(tmp_path / "one", "scores.parquet")).to_pylist()
+  assert [r["key"] for r in scores_one] == [r["key"] for r in scores_two]
+  # The digits records' ids key the images, as in sgc-evaluate.
+  source = records.data_source(loaded.builder, "test")
+  assert [r["image_key"] for r in scores_one] == [int(source[i]["id"]) for i in range(11)]
+  for a, b in zip(scores_one, scores_two):
+    for name in range(10):
+      assert abs(a[f"log_likelihood_{name}"] - b[f"log_likelihood_{name}"]) <= 2e-4
 
 
 class _TwoShards:

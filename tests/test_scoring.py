@@ -625,12 +625,7 @@ _SCORE_WORKER = """
 import json, sys
 sys.path[:0] = [{tests!r}, {root!r}]
 import jax
-from tiny import tiny_config
-from sgc_jax import scoring, trainer
-if {train!r}:
-  config = tiny_config({data_dir!r}, steps=10)
-  config.eval.estimator, config.eval.num_time_samples = "denoising", 4
-  trainer.train(config, {workdir!r})
+from sgc_jax import scoring
 trained = scoring.load_model({workdir!r})
 summary = scoring.score_archive(trained, {inputs!r}, {out!r}, per_device_batch={batch},
                                 decode_workers=1, chunk_size=3, progress=False)
@@ -638,10 +633,9 @@ print("REPORT " + json.dumps({{"processes": jax.process_count(), "summary": summ
 """
 
 
-def _launch_two(tmp_path, **fields):
+def _launch_two(**fields):
   from test_multiprocess import _run_workers  # pylint: disable=g-import-not-at-top
-  script = _SCORE_WORKER.format(tests=TESTS, root=ROOT, batch=PER_DEVICE_BATCH,
-                                **{"train": False, "data_dir": "", **fields})
+  script = _SCORE_WORKER.format(tests=TESTS, root=ROOT, batch=PER_DEVICE_BATCH, **fields)
   reports = _run_workers(script)
   assert [r["processes"] for r in reports] == [2, 2]
   assert reports[0]["summary"] == reports[1]["summary"]
@@ -652,28 +646,6 @@ def test_two_processes_score_the_archive_like_one(scored, trained, archive, tmp_
   # Trained by one process (on 2 devices), scored by two processes of 2 devices each.
   _, reference, _ = scored
   out = str(tmp_path / "out")
-  summary = _launch_two(tmp_path, workdir=trained, inputs=archive[0], out=out)
+  summary = _launch_two(workdir=trained, inputs=archive[0], out=out)
   assert summary["processes"] == 2 and summary["scored_this_run"] == 8
   assert _tables(out) == _tables(reference)
-
-
-def test_trained_by_two_processes_scored_by_one_and_by_two(tmp_path, digits_data_dir):
-  data_dir, workdir = digits_data_dir, str(tmp_path / "run")
-  inputs = ["tfds:digits:test[:11]"]
-  summary = _launch_two(tmp_path, train=True, data_dir=data_dir, workdir=workdir,
-                        inputs=inputs, out=str(tmp_path / "two"))
-  assert summary["scored"] == 11
-  loaded = scoring.load_model(workdir)
-  one = scoring.score_archive(loaded, inputs, str(tmp_path / "one"),
-                              per_device_batch=PER_DEVICE_BATCH, decode_workers=0,
-                              progress=False)
-  assert one["model_step"] == summary["model_step"] == 10
-  scores_two, _ = _tables(str(tmp_path / "two"))
-  scores_one, _ = _tables(str(tmp_path / "one"))
-  assert [r["key"] for r in scores_one] == [r["key"] for r in scores_two]
-  # The digits records' ids key the images, as in sgc-evaluate.
-  source = records.data_source(loaded.builder, "test")
-  assert [r["image_key"] for r in scores_one] == [int(source[i]["id"]) for i in range(11)]
-  for a, b in zip(scores_one, scores_two):
-    for name in range(10):
-      assert abs(a[f"log_likelihood_{name}"] - b[f"log_likelihood_{name}"]) <= 2e-4

@@ -212,8 +212,8 @@ def test_ema_warmup_follows_the_steps_so_far_then_the_configured_decay():
 
 
 def test_fine_tune_starts_from_the_other_runs_ema_with_the_second_order_loss(data_dir, tmp_path):
-  """training.init_from: step 0 holds the source's EMA parameters and BatchNorm statistics."""
-  config = tiny_config(data_dir, model="unet", steps=10)
+  """training.init_from: step 0 holds the source's EMA parameters, with a fresh optimizer."""
+  config = tiny_config(data_dir, steps=10)
   config.model.class_gaussian = "none"
   source, _ = trainer.train(config, str(tmp_path / "source"))
   tune = config.copy_and_resolve_references()

@@ -44,3 +44,18 @@ def tiny_sample_quality_config(config, *, per_class: int):
   config.eval.sample_quality_samplers = ("euler_maruyama",)
   config.eval.sample_quality_per_class = per_class
   return config
+
+
+def tiny_bound_config(config):
+  """`config` scoring by a 4-sample denoising bound (eval fields only: the same trained run)."""
+  config = config.copy_and_resolve_references()
+  config.eval.estimator, config.eval.num_time_samples = "denoising", 4
+  return config
+
+
+def tiny_split_config(data_dir: str):
+  """The 10-step tiny run evaluated on 11 test images (an odd count: 2 processes get 6 and 5)."""
+  config = tiny_config(data_dir, steps=10)
+  config.eval.max_examples = 11
+  config.eval.num_samples = 0             # samples are not what these tests are about
+  return config

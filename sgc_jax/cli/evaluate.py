@@ -1,7 +1,7 @@
 """sgc-evaluate: classify a split with the latest checkpoint of a workdir.
 
     sgc-evaluate --workdir /tmp/digits                  # the config the run saved
-    sgc-evaluate --config configs/digits.py --workdir /tmp/digits --config.eval.estimator=denoising
+    sgc-evaluate --workdir /tmp/digits --config.eval.estimator=denoising   # eval overrides only
 
 Runs the evaluators `config.eval.evaluators` names and writes
 WORKDIR/eval_<split>/metrics.json, predictions.csv and PNG plots. A --config
@@ -32,7 +32,7 @@ def main(argv):
 
 
 def run():
-  common.run(main)
+  common.run(main, config_from_workdir_flags=True)
 
 
 if __name__ == "__main__":
