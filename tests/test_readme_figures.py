@@ -394,9 +394,10 @@ def test_recipe_levers_table_equals_its_json():
     assert run["ode"]["images"] == 360   # the whole test split
 
 
-def test_low_data_seeds_table_equals_its_json():
-  study = results("low_data_seeds.json")["mlp"]
-  rows = table("| low-data setting (MLP, 8×8) | training images, steps | seeds |")
+@pytest.mark.parametrize("model,header", [("mlp", "MLP, 8×8"), ("unet", "seed U-Net, 16×16")])
+def test_low_data_seeds_table_equals_its_json(model, header):
+  study = results("low_data_seeds.json")[model]
+  rows = table(f"| low-data setting ({header}) | training images, steps | seeds |")
   assert rows
   for cells in rows:
     setting = re.findall(r"`([a-z0-9_]+)`", cells[0])[0]
@@ -406,3 +407,28 @@ def test_low_data_seeds_table_equals_its_json():
     assert_cell(cells[2], len(summary["seeds"]), what + " seeds")
     for cell, method in zip(cells[3:7], ("ode", "bound", "cnn", "cnn_balanced")):
       assert_cell(cell, summary[f"{method}_balanced_accuracy"], f"{what} {method}")
+
+
+# --- The training step per layer (tools/train_throughput.py --layers) -------------------------
+
+def test_per_layer_tables_equal_their_json():
+  data = results("train_throughput_layers.json")["resolutions"]
+  rows = table("| size | convolutions | forward | input gradient | weight gradient |")
+  assert len(rows) == 10
+  for cells in rows:
+    size = cells[0].rstrip("²")
+    [variant] = re.findall(r"`([a-z0-9_]+)`", cells[1])
+    sums = data[size]["sums_s"][variant]
+    for cell, phase in zip(cells[2:], ("forward", "input_grad", "weight_grad", "training_total")):
+      values = [sums[phase] * 1000]
+      if variant != "torch":
+        values.append(data[size]["ratio_to_torch"][variant]["sums"][phase])
+      assert_cell(cell, values, f"per-layer {size} {variant} {phase}")
+  steps = table("| size (whole step) | PyTorch img/s | JAX as shipped, 1 / 2 devices |")
+  assert len(steps) == 2
+  for cells in steps:
+    step = data[cells[0].rstrip("²")]["whole_step"]
+    assert_cell(cells[1], step["torch"]["images_per_s"], "whole step torch")
+    for cell, variant in zip(cells[2:], ("default", "eigen_conv")):
+      assert_cell(cell, [step[variant][d]["images_per_s"] for d in ("1", "2")],
+                  f"whole step {variant}")
