@@ -392,19 +392,25 @@ def measure_layers_torch(rows: list[dict]) -> dict:
           "mkldnn": torch.backends.mkldnn.is_available(), "rows": results}
 
 
+def _run_self(args: list[str], xla_flags: str, what: str, stdin: str | None = None) -> dict:
+  """The JSON last printed by this file run as a child with `args` and `xla_flags` added."""
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla_flags).strip()
+  done = subprocess.run([sys.executable, __file__, *args], env=env, capture_output=True,
+                        text=True, input=stdin)
+  if done.returncode:
+    raise RuntimeError(f"{what} failed:\n{done.stderr[-4000:]}")
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def _layers_child(kind: str, size: int, variant: str | None = None,
                   rows: list | None = None) -> dict:
-  env = dict(os.environ)
-  if variant is not None:
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + JAX_VARIANTS[variant]["xla_flags"]).strip()
   load_before = os.getloadavg()
   start = time.perf_counter()
-  done = subprocess.run([sys.executable, __file__, "--layers_child", kind, str(size),
-                         JAX_VARIANTS[variant]["impl"] if variant else "-"],
-                        env=env, capture_output=True, text=True, input=json.dumps(rows))
-  if done.returncode:
-    raise RuntimeError(f"layers {kind} {variant} {size}x{size} failed:\n{done.stderr[-4000:]}")
-  result = json.loads(done.stdout.strip().splitlines()[-1])
+  result = _run_self(["--layers_child", kind, str(size),
+                      JAX_VARIANTS[variant]["impl"] if variant else "-"],
+                     JAX_VARIANTS[variant]["xla_flags"] if variant else "",
+                     f"layers {kind} {variant} {size}x{size}", stdin=json.dumps(rows))
   if kind == "shapes":
     return result
   return {**result, "wall_s": round(time.perf_counter() - start, 1),
@@ -508,16 +514,11 @@ def _print_layers(size: int, entry: dict) -> None:
 
 def _child(framework: str, size: int, batch: int, steps: int, devices: int,
            xla_flags: str = "") -> dict | None:
-  env = dict(os.environ)
-  if framework == "jax":
-    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + f" {xla_flags}" +
-                        f" --xla_force_host_platform_device_count={devices}").strip()
+  flags = (f"{xla_flags} --xla_force_host_platform_device_count={devices}"
+           if framework == "jax" else "")
   load_before = os.getloadavg()[0]
-  done = subprocess.run([sys.executable, __file__, "--child", framework, str(size), str(batch),
-                         str(steps)], env=env, capture_output=True, text=True)
-  if done.returncode:
-    raise RuntimeError(f"{framework} {size}x{size} batch {batch} failed:\n{done.stderr[-4000:]}")
-  result = json.loads(done.stdout.strip().splitlines()[-1])
+  result = _run_self(["--child", framework, str(size), str(batch), str(steps)], flags,
+                     f"{framework} {size}x{size} batch {batch}")
   seconds = statistics.median(result["step_times_s"])
   # Other processes on the machine slow both sides, PyTorch's spinning OpenMP threads most:
   # the 1-minute load average before and after says how quiet the machine was.
