@@ -54,6 +54,7 @@ def get_config() -> ml_collections.ConfigDict:
   training.lr_decay_factor = 0.2
   training.warmup_steps = 0
   training.grad_clip_norm = 0.0       # 0 disables clipping
+  training.weight_decay = 0.0         # decoupled (AdamW) on weight matrices; 0: plain Adam
   training.ema_decay = 0.0            # 0 disables the EMA (the seed has none)
   training.ema_warmup = False         # decay min(ema_decay, (1+step)/(10+step)): short runs
   # With an EMA and BatchNorm: recompute the statistics the EMA scores with under the EMA

@@ -44,11 +44,24 @@ def learning_rate_schedule(training, steps_per_epoch: int) -> optax.Schedule:
   return schedule
 
 
+def _matrices(params):
+  """True for the weight matrices, kernels and embeddings; False for biases and norm scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
 def make_optimizer(training, steps_per_epoch: int):
-  """Adam with the configured schedule (and global-norm clipping); returns (tx, schedule)."""
+  """Adam with the configured schedule, global-norm clipping and decoupled weight decay.
+
+  Weight decay (AdamW, on weight matrices only) is off at 0, and then the optimizer
+  is plain Adam, whose state runs trained before the option restore into.
+  Returns (tx, schedule).
+  """
   schedule = learning_rate_schedule(training, steps_per_epoch)
   chain = [optax.clip_by_global_norm(training.grad_clip_norm)] if training.grad_clip_norm else []
-  return optax.chain(*chain, optax.adam(schedule)), schedule
+  weight_decay = training.get("weight_decay", 0.0)
+  adam = (optax.adamw(schedule, weight_decay=weight_decay, mask=_matrices) if weight_decay
+          else optax.adam(schedule))
+  return optax.chain(*chain, adam), schedule
 
 
 def create_train_state(config, model, tx, key, shape) -> TrainState:

@@ -67,7 +67,7 @@ def test_no_batches_is_an_error(unet):
 
 
 @pytest.mark.slow
-def test_trainer_checkpoints_the_ema_parameters_own_statistics(tmp_path_factory):
+def test_trainer_checkpoints_the_ema_parameters_own_statistics(tmp_path_factory, digits_data_dir):
   """With an EMA, a checkpoint's BatchNorm statistics are recomputed under the EMA parameters.
 
   Training itself is unchanged (the EMA parameters equal a run without the
@@ -79,10 +79,9 @@ def test_trainer_checkpoints_the_ema_parameters_own_statistics(tmp_path_factory)
   from sgc_jax import trainer  # pylint: disable=import-outside-toplevel
   from sgc_jax.inputs import model_inputs  # pylint: disable=import-outside-toplevel
   from tiny import tiny_config  # pylint: disable=import-outside-toplevel
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
   loaded = {}
   for batches in (0, 4):
-    config = tiny_config(data_dir, model="unet", steps=10)
+    config = tiny_config(digits_data_dir, model="unet", steps=10)
     config.model.class_gaussian = "none"
     config.training.ema_decay = 0.5
     config.training.precise_bn_batches = batches

@@ -3,9 +3,9 @@
 Each table below names, in the README, the command that wrote it and the file in
 tools/results/. A rerun that changes a number and leaves the README behind fails
 here. A printed figure p with d decimals binds a value v when |v - p| <= 0.5e-d:
-what rounding v to d decimals can print ("0.31" binds 0.305). Figures with no
-results file (the demo's table, the recipe table, two flow-diagnostics rows) are
-not bound here; see tests/test_demo_report.py for the demo table's columns.
+what rounding v to d decimals can print ("0.31" binds 0.305).
+tests/test_demo_report.py checks the demo table's columns against the report they
+are printed from.
 """
 import json
 import math
@@ -249,15 +249,27 @@ def test_seed_unet_digits_table_equals_its_json():
   assert f"first {run['ode']['images']} test images" in README
 
 
-def test_flow_diagnostics_row_of_the_seed_unet_equals_its_json():
-  run = results("seed_unet_digits.json")["runs"]["seed"]
-  flow = run["ode"]["flow_diagnostics"]
-  cells = row(table("| model | agreement | slope |"), "seed U-Net")
-  expected = (flow["decision_agreement"], flow["centred_slope"], flow["centred_correlation"],
-              flow["gap_true_class"], flow["gap_wrong_classes"], run["ode"]["accuracy"],
-              run["bound"]["accuracy"])
-  for cell, value in zip(cells[1:], expected):
-    assert_cell(cell, value, "flow diagnostics, seed U-Net")
+def _flow_diagnostics_expected(ode: dict, bound_accuracy: float) -> tuple:
+  flow = ode["flow_diagnostics"]
+  return (flow["decision_agreement"], flow["centred_slope"], flow["centred_correlation"],
+          flow["gap_true_class"], flow["gap_wrong_classes"], ode["accuracy"], bound_accuracy)
+
+
+def test_flow_diagnostics_table_equals_its_json():
+  rows = table("| model | agreement | slope |")
+  seed = results("seed_unet_digits.json")["runs"]["seed"]
+  demo = results("demo.json")
+  bindings = (("seed U-Net", _flow_diagnostics_expected(seed["ode"], seed["bound"]["accuracy"])),
+              ("digits MLP", _flow_diagnostics_expected(
+                  demo["generative"], demo["generative_denoising"]["accuracy"])))
+  assert len(rows) == len(bindings)
+  for label, expected in bindings:
+    cells = row(rows, label)
+    assert len(cells) == 1 + len(expected)
+    for cell, value in zip(cells[1:], expected):
+      assert_cell(cell, value, f"flow diagnostics, {label}")
+  assert_printed("0.28", demo["generative"]["flow_diagnostics"]["centred_slope_deming"])
+  assert_printed("7.6", demo["generative"]["flow_diagnostics"]["bound_noise_std"])
 
 
 def test_class_gaussian_ablation_table_equals_its_json():
@@ -432,3 +444,45 @@ def test_per_layer_tables_equal_their_json():
     for cell, variant in zip(cells[2:], ("default", "eigen_conv")):
       assert_cell(cell, [step[variant][d]["images_per_s"] for d in ("1", "2")],
                   f"whole step {variant}")
+
+
+# --- Out-of-distribution power (tools/ood_power.py) ---------------------------------------------
+
+_OOD_SCORES = ("bits/dim high", "two-sided", "complexity")    # tools/ood_power.py's SCORES
+_OOD_FLAGS = ("low_bits", "high_bits", "complexity", "any")   # model_calibration.OOD_TESTS, any
+
+
+def test_ood_power_table_equals_its_json():
+  """Every row: the medians (in: OOD), each score's AUROC and FPR95, the four flag rates, counts."""
+  data = results("ood_power.json")
+  runs = {f"digits, {k}": v["sets"] for k, v in data["digits"]["by_setting"].items()}
+  runs[f"mammography, {data['mammography']['setting']}"] = data["mammography"]["sets"]
+  header = ("| model, setting | OOD set (images) | median bits/dim (in: OOD) | "
+            + " | ".join(f"{s}: AUROC, FPR95" for s in _OOD_SCORES)
+            + " | flagged: low, high, complexity, any |")
+  assert header in README.splitlines()        # the columns in the order bound below
+  printed = set()
+  for cells in table(header):
+    assert len(cells) == 7, cells
+    match = re.fullmatch(r"(\*?)([^*(]+?)\1 \((.+)\)", cells[1])   # "*name*" is the in-set
+    assert match, cells[1]
+    sets, name = runs[cells[0]], match.group(2)
+    in_name = next(iter(sets))                  # the tool writes the in-distribution set first
+    assert name in sets and (name == in_name) == bool(match.group(1)), cells[:2]
+    assert (cells[0], name) not in printed, f"{cells[0]} {name} printed twice"
+    printed.add((cells[0], name))
+    measured = sets[name]
+    what = f"ood_power {cells[0]} {name}"
+    assert_cell(match.group(3), measured["images"], what + " images")
+    if name == in_name:
+      assert match.group(3).endswith(", in distribution") and cells[3:6] == ["", "", ""]
+      assert_cell(cells[2], measured["median_bits_per_dim"], what + " median bits/dim")
+    else:
+      assert_cell(cells[2], [sets[in_name]["median_bits_per_dim"],
+                             measured["median_bits_per_dim"]], what + " median bits/dim")
+      for cell, score in zip(cells[3:6], _OOD_SCORES):
+        assert_cell(cell, [measured[score]["auroc"], measured[score]["fpr_at_95_tpr"]],
+                    f"{what} {score}")
+    assert_cell(cells[6], [measured["flagged"][test] for test in _OOD_FLAGS], what + " flagged")
+  missing = {(label, name) for label, sets in runs.items() for name in sets} - printed
+  assert not missing, f"README: no row for the JSON's {sorted(missing)}"

@@ -40,21 +40,26 @@ def test_short_plain_network_run_classifies_by_its_exact_likelihood(recipe_confi
 
 
 def test_short_seed_unet_run_classifies_with_the_default_scorer(digits_data_dir, tmp_path):
-  """configs/digits_unet.py's recipe, cut to 2,000 steps, classifies well above chance.
+  """configs/digits_unet.py's recipe, cut to 1,000 steps of batch 32, classifies above chance.
 
-  Measured on 100 test images: 0.34 with the default scorer (expint3, fresh probes), chance
-  0.10. A regression in the recipe (channels, data range, EMA, schedule) or in the fast scorer
-  shows as accuracy falling towards chance. The seed's scorer (Dopri5, one fixed Gaussian
-  probe) is not compared: on this model it gave 0.21 on 2 devices and 0.34 on 4 (an adaptive
-  solve's round-off follows the per-device batch), too unstable to assert a gap against.
+  Measured on the first 100 test images (4 CPU devices): 0.45 with the default scorer
+  (expint3, fresh probes), chance 0.10. Cut this short, the EMA needs its warm-up (without
+  it, 1,000 steps leave a third of the initial weights in the EMA: 0.10), and the learning
+  rate must stay at 1e-3 (2e-3: 0.10). A regression in the recipe (channels, data range,
+  EMA, schedule) or in the fast scorer shows as accuracy falling towards chance. The seed's
+  scorer (Dopri5, one fixed Gaussian probe) is not compared: on such a model it gave 0.21 on
+  2 devices and 0.34 on 4 (an adaptive solve's round-off follows the per-device batch), too
+  unstable to assert a gap against.
   """
   import numpy as np  # pylint: disable=import-outside-toplevel
   import sgc_jax  # pylint: disable=import-outside-toplevel
   from configs import digits_unet  # pylint: disable=import-outside-toplevel
   config = digits_unet.get_config()
   config.data.data_dir = digits_data_dir
-  config.training.num_steps = config.training.checkpoint_every = 2000
+  config.training.num_steps = config.training.checkpoint_every = 1000
+  config.training.batch_size = 32
   config.training.warmup_steps = 100
+  config.training.ema_warmup = True
   trainer.train(config, str(tmp_path))
   trained = sgc_jax.load(str(tmp_path), config)
   source = trained.builder.as_data_source(split="test")
@@ -62,4 +67,4 @@ def test_short_seed_unet_run_classifies_with_the_default_scorer(digits_data_dir,
   labels = np.asarray([source[i]["label"] for i in range(100)])
   ll = trained.log_likelihoods(images, np.arange(100)).log_likelihood
   accuracy = float(np.mean(ll.argmax(axis=1) == labels))
-  assert accuracy >= 0.25, accuracy
+  assert accuracy >= 0.3, accuracy

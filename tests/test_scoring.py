@@ -28,8 +28,10 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import UID, generate_uid
 
-from sgc_jax import evaluation, model_calibration, run_dir, scoring, sharding, trainer
+from report_page import ReportPage
+from sgc_jax import breast_level, evaluation, model_calibration, run_dir, scoring, sharding, trainer
 from sgc_jax.data import convert, dicom, reader, records
+from sgc_jax.scoring import report, tables
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(TESTS)
@@ -649,3 +651,30 @@ def test_two_processes_score_the_archive_like_one(scored, trained, archive, tmp_
   summary = _launch_two(workdir=trained, inputs=archive[0], out=out)
   assert summary["processes"] == 2 and summary["scored_this_run"] == 8
   assert _tables(out) == _tables(reference)
+
+
+def test_score_archive_writes_breasts_exams_and_report(scored):
+  """The real archive: 2 CBIS-DDSM women x 4 views, each image in its own study."""
+  _, out, summary = scored
+  breasts = pq.read_table(os.path.join(out, tables.BREASTS_FILE)).to_pylist()
+  exams = pq.read_table(os.path.join(out, tables.EXAMS_FILE)).to_pylist()
+  scores = pq.read_table(os.path.join(out, "scores.parquet")).to_pylist()
+  assert len(breasts) == 4 and len(exams) == 2
+  assert summary["breasts"] == 4 and summary["exams"] == 2
+  assert summary["breasts_by_fusion"] == {breast_level.FUSED_BY_PATIENT_ID: 4}
+  by_key = {r["key"]: r for r in scores}
+  for breast in breasts:
+    assert breast["views"] == 2 and sorted(breast["view_positions"]) == ["CC", "MLO"]
+    for name in ("benign", "malignant"):
+      assert breast[f"log_likelihood_{name}"] == pytest.approx(
+          sum(by_key[k][f"log_likelihood_{name}"] for k in breast["view_keys"]))
+    assert breast["ood"] == any(by_key[k]["ood"] for k in breast["view_keys"])
+  assert os.path.exists(os.path.join(out, "breasts.csv"))
+  page = ReportPage()
+  with open(os.path.join(out, report.REPORT_FILE), encoding="utf-8") as f:
+    page.feed(f.read())
+  assert len(page.keys["suspicious"]) == 8
+  assert sorted(page.keys.get("ood-flagged", [])) == sorted(k for k, r in by_key.items()
+                                                            if r["ood"])
+  assert all(s.startswith("data:image/png;base64,") for s in page.sources)
+  assert len(os.listdir(os.path.join(out, report.THUMBNAILS_DIR))) == 8

@@ -7,22 +7,19 @@ side under the joint (concatenated) class Gaussians.
 """
 from __future__ import annotations
 
-import html.parser
 import os
 import types
 
 import jax.numpy as jnp
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from gaussian_fixtures import GaussianClasses, anisotropic_classes
 from sgc_jax import breast_level, classifier, model_calibration
 from sgc_jax import sde as sde_lib
 from sgc_jax.scoring import report, score, tables
-# The end-to-end run reuses test_scoring's tiny trained model and real archive.
-from test_scoring import archive, cases, scored, trained  # pylint: disable=unused-import
+from report_page import ReportPage
 
 NAMES = ("benign", "malignant", "other")
 EPS = 1e-5
@@ -191,23 +188,6 @@ def test_breast_temperature_is_fitted_stored_and_preferred(tmp_path):
   assert breast_level.load_calibration(workdir, "denoising") is None
 
 
-class _Page(html.parser.HTMLParser):
-  """Sections by id, every img src, and the data-key of each element inside each section."""
-
-  def __init__(self):
-    super().__init__()
-    self.sections, self.sources, self.keys = [], [], {}
-
-  def handle_starttag(self, tag, attrs):
-    attrs = dict(attrs)
-    if tag == "section":
-      self.sections.append(attrs["id"])
-    if tag == "img":
-      self.sources.append(attrs["src"])
-    if "data-key" in attrs:
-      self.keys.setdefault(self.sections[-1], []).append(attrs["data-key"])
-
-
 def test_report_is_self_contained_and_shows_every_flagged_image(tmp_path):
   rng = np.random.default_rng(0)
   studies = [s for s in ("A", "B", "C") for _ in range(4)]
@@ -226,7 +206,7 @@ def test_report_is_self_contained_and_shows_every_flagged_image(tmp_path):
   breasts = tables.breast_table(rows, names, _uniform(2))
   path = report.write_report(out, {"inputs": 13, "scored": 12, "identity": {"x": 1}}, rows,
                              errors, breasts, names, thumbnails)
-  page = _Page()
+  page = ReportPage()
   with open(path, encoding="utf-8") as f:
     text = f.read()
   page.feed(text)
@@ -242,33 +222,6 @@ def test_report_is_self_contained_and_shows_every_flagged_image(tmp_path):
   from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(thumbnails.path("/archive/0.dcm")) as picture:
     assert max(picture.size) == report.THUMBNAIL_PIXELS
-
-
-def test_score_archive_writes_breasts_exams_and_report(scored):
-  """The real archive: 2 CBIS-DDSM women x 4 views, each image in its own study."""
-  _, out, summary = scored
-  breasts = pq.read_table(os.path.join(out, tables.BREASTS_FILE)).to_pylist()
-  exams = pq.read_table(os.path.join(out, tables.EXAMS_FILE)).to_pylist()
-  scores = pq.read_table(os.path.join(out, "scores.parquet")).to_pylist()
-  assert len(breasts) == 4 and len(exams) == 2
-  assert summary["breasts"] == 4 and summary["exams"] == 2
-  assert summary["breasts_by_fusion"] == {breast_level.FUSED_BY_PATIENT_ID: 4}
-  by_key = {r["key"]: r for r in scores}
-  for breast in breasts:
-    assert breast["views"] == 2 and sorted(breast["view_positions"]) == ["CC", "MLO"]
-    for name in ("benign", "malignant"):
-      assert breast[f"log_likelihood_{name}"] == pytest.approx(
-          sum(by_key[k][f"log_likelihood_{name}"] for k in breast["view_keys"]))
-    assert breast["ood"] == any(by_key[k]["ood"] for k in breast["view_keys"])
-  assert os.path.exists(os.path.join(out, "breasts.csv"))
-  page = _Page()
-  with open(os.path.join(out, report.REPORT_FILE), encoding="utf-8") as f:
-    page.feed(f.read())
-  assert len(page.keys["suspicious"]) == 8
-  assert sorted(page.keys.get("ood-flagged", [])) == sorted(k for k, r in by_key.items()
-                                                            if r["ood"])
-  assert all(s.startswith("data:image/png;base64,") for s in page.sources)
-  assert len(os.listdir(os.path.join(out, report.THUMBNAILS_DIR))) == 8
 
 
 def test_the_breast_level_evaluator_fits_stores_and_reports(tmp_path):
