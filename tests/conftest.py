@@ -14,10 +14,12 @@ import tempfile
 
 # Must be set before JAX initialises its backends. XLA:CPU aborts the process when a device
 # thread misses a collective for 40 s, which 4 devices on 2 loaded cores can (seen here on a
-# training step): the longer timeouts keep a slow machine slow rather than dead. With the
-# suite's two workers, XLA:CPU's multi-threaded Eigen pool once wedged a 4-device training
-# step for good (every thread idle; the same wedge as PyAutoFit issue 1528, cured there by
-# this flag): single-threaded Eigen ops, the devices and the two workers fill the cores.
+# training step): the longer timeouts keep a slow machine slow rather than dead.
+# Single-threaded Eigen ops: XLA:CPU's multi-threaded Eigen pool can wedge for good (every
+# thread idle; PyAutoFit issue 1528, cured there by this flag). The suite runs in one process:
+# under two pytest-xdist workers a 4-device training step wedged in its gradient all-reduce
+# even with this flag (two device threads waiting at the rendezvous for two that never came;
+# README, Tests).
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4"
                       " --xla_cpu_collective_call_terminate_timeout_seconds=1200"
                       " --xla_cpu_collective_timeout_seconds=1200"
@@ -80,26 +82,8 @@ _SLOW_TESTS = {
 _SLOW_FIXTURES = {"trained_tiny_digits", "digits_data_dir"}
 
 
-# The longest modules (measured with `--durations`), run first: `-n 2 --dist loadfile` hands out
-# whole modules in collection order, so the longest ones first keep both workers busy to the end.
-_LONGEST_FIRST = ("test_recipe.py", "test_trainer.py", "test_scoring.py", "test_likelihood.py",
-                  "test_device_check.py", "test_multiprocess.py", "test_evaluation.py",
-                  "test_seed_import.py", "test_builders.py", "test_solver_bench.py",
-                  "test_precise_bn.py", "test_scoring_tables.py", "test_sampling.py")
-
-
-def pytest_configure(config):
-  # pytest-xdist's loadfile/loadscope scheduler reorders modules by their number of tests,
-  # largest first, which sends test_recipe.py (two tests, the longest) last; the order below
-  # is by measured time instead.
-  if hasattr(config.option, "loadscopereorder"):
-    config.option.loadscopereorder = False
-
-
 def pytest_collection_modifyitems(config, items):
   del config
-  rank = {module: i for i, module in enumerate(_LONGEST_FIRST)}
-  items.sort(key=lambda item: rank.get(os.path.basename(str(item.fspath)), len(rank)))
   for item in items:
     module = os.path.basename(str(item.fspath))
     name = f"{module}::{item.originalname}"
