@@ -52,8 +52,8 @@ def validate_config(config, builder=None, *, spec=None):
   _require(training.learning_rate > 0, "training.learning_rate", "must be > 0")
   _one_of(training.lr_schedule, LR_SCHEDULES, "training.lr_schedule")
   _require(0.0 <= training.ema_decay < 1.0, "training.ema_decay", "must be in [0, 1)")
-  _require(training.get("weight_decay", 0.0) >= 0.0, "training.weight_decay",
-           f"must be >= 0, got {training.get('weight_decay', 0.0)}")
+  weight_decay = training.get("weight_decay", 0.0)   # absent from runs made before it
+  _require(weight_decay >= 0.0, "training.weight_decay", f"must be >= 0, got {weight_decay}")
   _require(int(training.get("precise_bn_batches", 0)) >= 0, "training.precise_bn_batches",
            "must be >= 0")
   _require(0.0 <= training.label_dropout < 1.0, "training.label_dropout", "must be in [0, 1)")

@@ -16,10 +16,10 @@ import pyarrow as pa
 import pytest
 
 from gaussian_fixtures import GaussianClasses, anisotropic_classes
+from report_page import ReportPage
 from sgc_jax import breast_level, classifier, model_calibration
 from sgc_jax import sde as sde_lib
 from sgc_jax.scoring import report, score, tables
-from report_page import ReportPage
 
 NAMES = ("benign", "malignant", "other")
 EPS = 1e-5

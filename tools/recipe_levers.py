@@ -73,8 +73,8 @@ VARIANTS = {
     # 3.5x as long (1,386 epochs), what a 20-minute budget on the 2 cores holds.
     "ema_cosine_28k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
                                "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
-    # Twice the updates at half the batch, in the same wall time (the 2 cores run ~1,500
-    # images/s at batch 32 to 64 alike): 48,000 x 32, 1,188 epochs.
+    # Twice the updates at half the batch, in about the same wall time (the 2 cores train
+    # about as many images per second at batch 32 as at 64): 48,000 x 32, 1,188 epochs.
     "b32_cosine_48k_range11": {**_FAST_EVAL, **_LONG, "training.batch_size": 32,
                                "training.num_steps": 48000, "training.checkpoint_every": 8000,
                                "data.range": (-1.0, 1.0)},
@@ -102,7 +102,8 @@ VARIANTS = {
     # The demo's recipe with the likelihood-weighted, importance-sampled loss.
     "mlp_6k_is": {"base": "digits", "training.importance_sampling": True},
     # Regularising the MLP against memorising (mlp_12k): decoupled weight decay (AdamW, on
-    # weight matrices), at the demo's length and at twice it; twice the width; a longer EMA.
+    # weight matrices) 0.05 at the demo's length and at twice it, then 0.1 and 0.2; twice
+    # the width; a longer EMA.
     "mlp_6k_wd": {"base": "digits", "training.weight_decay": 0.05},
     "mlp_12k_wd": {"base": "digits", "training.weight_decay": 0.05,
                    "training.num_steps": 12000, "training.checkpoint_every": 6000},
@@ -126,12 +127,17 @@ def trained_variant(name: str) -> str:
   return PRECISE_BN.get(name) or RESCORED.get(name, (name,))[0]
 
 
+def eval_overrides(name: str) -> dict:
+  """The `eval` settings `name` scores with on top of its trained variant's ({} for most)."""
+  return RESCORED.get(name, (name, {}))[1]
+
+
 def variant_config(name: str, data_dir: str = "", workdir: str = ""):
   """The variant's config (`base`, default the seed U-Net recipe) with its overrides.
 
   A fine-tune (`init_from`: another variant) starts from that variant's run in `workdir`.
   """
-  overrides = {**VARIANTS[trained_variant(name)], **RESCORED.get(name, ("", {}))[1]}
+  overrides = {**VARIANTS[trained_variant(name)], **eval_overrides(name)}
   config = _BASES[overrides.pop("base", "digits_unet_seed")]()
   init_from = overrides.pop("init_from", "")
   config.update_from_flattened_dict(overrides)
@@ -208,7 +214,7 @@ def run_variant(name: str, workdir: str, data_dir: str = "") -> dict:
   if name in PRECISE_BN:
     trained = with_precise_batch_stats(trained)
   return {"overrides": VARIANTS[trained_as], "trained_as": trained_as,
-          "eval_overrides": RESCORED.get(name, ("", {}))[1],
+          "eval_overrides": eval_overrides(name),
           "precise_bn_batches": _PRECISE_BN_BATCHES if name in PRECISE_BN else 0,
           "training": config.training.to_dict(), "eval": config.eval.to_dict(),
           "model": config.model.to_dict(), "data": config.data.to_dict(),
