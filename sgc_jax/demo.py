@@ -5,7 +5,7 @@ import json
 import os
 import time
 
-from sgc_jax import baseline, evaluation, train_state, trainer
+from sgc_jax import baseline, evaluation, provenance, train_state, trainer
 
 _ROWS = (("accuracy", "accuracy"), ("balanced_accuracy", "balanced accuracy"),
          ("auc", "AUC (one-vs-rest)"), ("f1", "F1 (macro)"), ("nll", "NLL (calibrated)"),
@@ -31,7 +31,7 @@ def run_demo(workdir: str, config=None) -> dict:
   if config is None:
     from configs import digits  # pylint: disable=g-import-not-at-top
     config = digits.get_config()
-  start = time.perf_counter()
+  start, load_before = time.perf_counter(), os.getloadavg()
   state, model = trainer.train(config, workdir)
   variables = train_state.inference_variables(state)
   # First, so the evaluations' sample-quality scores reuse this CNN, not train their own.
@@ -44,7 +44,10 @@ def run_demo(workdir: str, config=None) -> dict:
   report = {"generative": generative, "generative_denoising": denoising,
             "discriminative": discriminative,
             "seconds": time.perf_counter() - start,
-            "dataset": config.data.name, "workdir": os.path.abspath(workdir)}
+            # The seconds mean something only beside the host and its load.
+            "load_average": {"before": load_before, "after": os.getloadavg()},
+            "machine": provenance.machine(), "commit": provenance.git_commit(),
+            "config": config.to_dict(), "dataset": config.data.name, "workdir": os.path.abspath(workdir)}
   with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   print(format_table(generative, denoising, discriminative))

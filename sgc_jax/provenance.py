@@ -13,3 +13,26 @@ def git_commit(path: str = os.path.dirname(os.path.abspath(__file__))) -> str:
   except (OSError, subprocess.CalledProcessError):
     return "unknown"
 
+
+
+def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
+  """The host a timing was taken on: CPU model, its widest vector extension, cores.
+
+  Timings from two hosts are not comparable: the same training step ran 2.7x slower on an
+  AVX2-only EPYC than on the AVX-512 machine of earlier sessions (tests/test_recipe.py's U-Net
+  run, 182 s against 66 s), so every results file that records seconds records this too.
+  """
+  model, flags = "unknown", set()
+  try:
+    with open(cpuinfo, encoding="utf-8") as f:
+      for line in f:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name" and model == "unknown":
+          model = value.strip()
+        elif key.strip() == "flags" and not flags:
+          flags = set(value.split())
+  except OSError:
+    pass
+  vector = next((name for name in ("avx512f", "avx2", "avx", "sse4_2") if name in flags),
+                "unknown")
+  return {"cpu": model, "vector_extension": vector, "cores": os.cpu_count()}

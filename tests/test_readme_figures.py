@@ -406,7 +406,10 @@ def test_recipe_levers_table_equals_its_json():
     assert run["ode"]["images"] == 360   # the whole test split
 
 
-@pytest.mark.parametrize("model,header", [("mlp", "MLP, 8×8"), ("unet", "seed U-Net, 16×16")])
+_LOW_DATA_TABLES = [("mlp", "MLP, 8×8"), ("unet", "seed U-Net, 16×16")]
+
+
+@pytest.mark.parametrize("model,header", _LOW_DATA_TABLES)
 def test_low_data_seeds_table_equals_its_json(model, header):
   study = results("low_data_seeds.json")[model]
   rows = table(f"| low-data setting ({header}) | training images, steps | seeds |")
@@ -486,3 +489,21 @@ def test_ood_power_table_equals_its_json():
     assert_cell(cells[6], [measured["flagged"][test] for test in _OOD_FLAGS], what + " flagged")
   missing = {(label, name) for label, sets in runs.items() for name in sets} - printed
   assert not missing, f"README: no row for the JSON's {sorted(missing)}"
+
+
+# Tables that quote no measurement: what a workdir holds.
+_UNMEASURED_TABLES = ("| file | content |",)
+
+
+def test_every_readme_table_is_bound_by_a_test_here():
+  """A table added to the README without a binding test above fails here, naming it."""
+  with open(__file__, encoding="utf-8") as f:
+    source = f.read()
+  # Every header a test here reads, whether passed to table() or through a parametrisation.
+  headers = set(re.findall(r'"(\| [^"]*)"', source))
+  headers = {h.replace("{header}", name) for h in headers for _, name in _LOW_DATA_TABLES}
+  lines = README.splitlines()
+  unbound = [line for previous, line in zip([""] + lines, lines)
+             if line.startswith("|") and not previous.startswith("|")
+             and not any(line.startswith(h) for h in (*headers, *_UNMEASURED_TABLES))]
+  assert not unbound, f"README tables no test binds to their JSON: {unbound}"

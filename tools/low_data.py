@@ -212,6 +212,7 @@ def main():
       workdir = os.path.join(args.workdir, args.model, f"{setting}_seed{seed}")
       runs[str(seed)] = {**run_one(args, setting, seed, workdir),
                          "commit": provenance.git_commit(),
+                         "machine": provenance.machine(),
                          "device": str(jax.devices()[0].device_kind)}
       study["table"] = summarize(study["runs"])
       os.makedirs(os.path.dirname(args.out), exist_ok=True)

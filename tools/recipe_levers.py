@@ -102,7 +102,7 @@ VARIANTS = {
     # The demo's recipe with the likelihood-weighted, importance-sampled loss.
     "mlp_6k_is": {"base": "digits", "training.importance_sampling": True},
     # Regularising the MLP against memorising (mlp_12k): decoupled weight decay (AdamW, on
-    # weight matrices) 0.05 at the demo's length and at twice it, then 0.1 and 0.2; twice
+    # weight matrices) 0.05 at the demo's length and at twice it, then 0.1 to 0.5; twice
     # the width; a longer EMA.
     "mlp_6k_wd": {"base": "digits", "training.weight_decay": 0.05},
     "mlp_12k_wd": {"base": "digits", "training.weight_decay": 0.05,
@@ -111,6 +111,8 @@ VARIANTS = {
     "mlp_6k_ema9995": {"base": "digits", "training.ema_decay": 0.9995},
     "mlp_6k_wd01": {"base": "digits", "training.weight_decay": 0.1},
     "mlp_6k_wd02": {"base": "digits", "training.weight_decay": 0.2},
+    "mlp_6k_wd03": {"base": "digits", "training.weight_decay": 0.3},
+    "mlp_6k_wd05": {"base": "digits", "training.weight_decay": 0.5},
 }
 # Variants that score another variant's trained model with its BatchNorm statistics
 # recomputed under the EMA parameters (sgc_jax/precise_bn.py), 32 batches.
@@ -222,7 +224,7 @@ def run_variant(name: str, workdir: str, data_dir: str = "") -> dict:
               "before": load_before, "after_training": load_after_training,
               "after_scoring": os.getloadavg()},
           "ode": score_test_split(trained), "commit": provenance.git_commit(),
-          "devices": jax.device_count(), "device": str(jax.devices()[0].device_kind)}
+          "machine": provenance.machine(), "devices": jax.device_count(), "device": str(jax.devices()[0].device_kind)}
 
 
 def main():
