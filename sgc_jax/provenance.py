@@ -18,9 +18,9 @@ def git_commit(path: str = os.path.dirname(os.path.abspath(__file__))) -> str:
 def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
   """The host a timing was taken on: CPU model, its widest vector extension, cores.
 
-  Timings from two hosts are not comparable: the same training step ran 2.7x slower on an
-  AVX2-only EPYC than on the AVX-512 machine of earlier sessions (tests/test_recipe.py's U-Net
-  run, 182 s against 66 s), so every results file that records seconds records this too.
+  Timings from two hosts are not comparable: the same training ran 2.7-2.9x slower on an
+  AVX2-only EPYC than on the host of earlier sessions (tests/test_recipe.py's U-Net run,
+  182 s against 66 s), so every results file that records seconds records this too.
   """
   model, flags = "unknown", set()
   try:

@@ -1,4 +1,6 @@
 """The digits builder's sizes: the 8x8 records as released, the same images upsampled to 16x16."""
+import copy
+import json
 import os
 import sys
 
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from configs import digits as digits_config
 from configs import digits_unet
 from sgc_jax import inputs, models
 from sgc_jax.config_validation import validate_config
@@ -77,14 +80,37 @@ def test_digits_unet_config_fits_the_16x16_records(built):
   assert seed.training.lr_schedule == "step" and seed.training.ema_decay == 0.0
 
 
-def test_digits_unet_default_recipe_is_the_measured_variant():
-  """configs/digits_unet.py's default is the recipe_levers row the README quotes for it."""
+def _recipe_levers():
   sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
   import recipe_levers  # pylint: disable=import-outside-toplevel
-  measured = recipe_levers.variant_config("ema_cosine_28k_range11").to_dict()
-  shipped = digits_unet.get_config().to_dict()
+  return recipe_levers
+
+
+@pytest.mark.parametrize("get_config,variant", [(digits_unet.get_config, "ema_cosine_28k_range11"),
+                                                (digits_config.get_config, "mlp_6k_wd02")])
+def test_shipped_default_recipe_is_the_measured_variant(get_config, variant):
+  """configs/digits_unet.py's and configs/digits.py's defaults are the recipe_levers rows the
+  README quotes for them."""
+  measured = _recipe_levers().variant_config(variant).to_dict()
+  shipped = get_config().to_dict()
   for block in ("data", "model", "training", "sde", "eval"):
     assert shipped[block] == measured[block], block
+
+
+def test_every_recipe_levers_row_is_its_variant_as_defined_now():
+  """A variant whose definition changed after it ran (a new default in its base config, say)
+  would leave a row standing for a model the tool no longer trains; the tool refuses to skip
+  it, and this test names it."""
+  recipe_levers = _recipe_levers()
+  with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "results",
+                         "recipe_levers.json"), encoding="utf-8") as f:
+    rows = json.load(f)
+  assert {name: recipe_levers.changed_settings(name, row) for name, row in rows.items()
+          if recipe_levers.changed_settings(name, row)} == {}
+  row = copy.deepcopy(rows["mlp_6k_wd"])
+  row["training"]["weight_decay"], row["model"]["mlp"]["hidden"] = 0.3, 512
+  assert recipe_levers.changed_settings("mlp_6k_wd", row) == ["training.weight_decay",
+                                                              "model.mlp"]
 
 
 def test_bilinear_matrix_rows_are_interpolation_weights():

@@ -268,8 +268,13 @@ def test_flow_diagnostics_table_equals_its_json():
     assert len(cells) == 1 + len(expected)
     for cell, value in zip(cells[1:], expected):
       assert_cell(cell, value, f"flow diagnostics, {label}")
-  assert_printed("0.28", demo["generative"]["flow_diagnostics"]["centred_slope_deming"])
-  assert_printed("7.6", demo["generative"]["flow_diagnostics"]["bound_noise_std"])
+  # The prose under the table quotes the demo's noise-corrected slope and the bound's noise.
+  prose = re.search(r"the demo's noise-corrected\s+slope is (\S+) too \(`centred_slope_deming`"
+                    r" in the same file; bound noise (\S+) nats\)", README)
+  assert prose, "README: the sentence quoting the demo's centred_slope_deming is gone"
+  flow = demo["generative"]["flow_diagnostics"]
+  assert_printed(prose.group(1), flow["centred_slope_deming"], "demo Deming slope")
+  assert_printed(prose.group(2), flow["bound_noise_std"], "demo bound noise")
 
 
 def test_class_gaussian_ablation_table_equals_its_json():

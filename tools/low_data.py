@@ -75,11 +75,28 @@ def training_steps(recipe_steps: int, recipe_batch: int, recipe_images: int, ima
   return int(min(recipe_steps, max(min_steps, round(epochs * images / batch))))
 
 
+def weight_decay_of(args) -> float:
+  """--weight_decay, or the model's config's own (configs/digits.py: 0.2 since 2026-12-02)."""
+  if args.weight_decay is not None:
+    return args.weight_decay
+  return float(_CONFIGS[args.model].get_config().training.weight_decay)
+
+
 def settings_of(args) -> dict:
   """Every setting that changes a cell's numbers (a rerun must match them)."""
   return {"model": args.model, "min_steps": args.min_steps, "num_probes": args.num_probes,
           "baseline_steps": args.baseline_steps, "max_examples": args.max_examples,
-          "scorer": _SCORER}
+          "scorer": _SCORER, "weight_decay": weight_decay_of(args)}
+
+
+def differing_settings(stored: dict, args) -> list[str]:
+  """The settings in which a results file's cells differ from this run's.
+
+  Cells written before weight decay existed recorded none: they trained without it.
+  """
+  wanted = settings_of(args)
+  stored = {"weight_decay": 0.0, **stored}
+  return sorted(k for k in wanted if stored.get(k) != wanted[k])
 
 
 def cell_config(args, setting: str, seed: int):
@@ -88,6 +105,7 @@ def cell_config(args, setting: str, seed: int):
   config.update_from_flattened_dict({**_SCORER, "eval.num_probes": args.num_probes})
   config.seed = seed
   config.data.subset_seed = seed
+  config.training.weight_decay = weight_decay_of(args)
   config.baseline.num_steps = args.baseline_steps
   config.eval.max_examples = args.max_examples
   config.eval.calibrate = False
@@ -189,6 +207,9 @@ def main():
   parser.add_argument("--baseline_steps", type=int, default=1500)
   parser.add_argument("--max_examples", type=int, default=0, help="test images (0: all 360)")
   parser.add_argument("--num_probes", type=int, default=4, help="Hutchinson probes per image")
+  parser.add_argument("--weight_decay", type=float, default=None,
+                      help="the score model's AdamW weight decay (default: its config's; the "
+                      "MLP cells in tools/results/low_data_seeds.json ran with 0)")
   parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results",
                                                     "low_data_seeds.json"))
   args = parser.parse_args()
@@ -199,9 +220,8 @@ def main():
     with open(args.out, encoding="utf-8") as f:
       results = json.load(f)
   study = results.setdefault(args.model, {"settings": settings_of(args), "runs": {}})
-  if study["settings"] != settings_of(args):
-    wanted = settings_of(args)
-    differing = sorted(k for k in wanted if study["settings"].get(k) != wanted[k])
+  differing = differing_settings(study["settings"], args)
+  if differing:
     raise SystemExit(f"{args.out}: its {args.model} cells were made with other settings "
                      f"({', '.join(differing)}); pass those again or another --out")
   for seed in (int(s) for s in args.seeds.split(",")):

@@ -48,7 +48,10 @@ _FINE_TUNE = {**_LONG, "init_from": "ema_cosine_16k_range11", "data.range": (-1.
               "training.num_steps": 2000, "training.learning_rate": 2e-4,
               "training.warmup_steps": 100, "training.checkpoint_every": 1000}
 
-_FINE_TUNE_MLP = {"base": "digits", "init_from": "mlp_6k", "training.num_steps": 2000,
+# The demo's MLP as configs/digits.py shipped it before it took weight decay (0.2), so that
+# each MLP row stays one lever away from the same recipe.
+_MLP = {"base": "digits", "training.weight_decay": 0.0}
+_FINE_TUNE_MLP = {**_MLP, "init_from": "mlp_6k", "training.num_steps": 2000,
                   "training.learning_rate": 4e-4, "training.warmup_steps": 100,
                   "training.checkpoint_every": 1000}
 
@@ -83,6 +86,11 @@ VARIANTS = {
     "wd_cosine_26k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 26000,
                               "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0),
                               "training.weight_decay": 0.05},
+    # Half the width everywhere ((8, 16, 32), about a quarter of the multiply-adds): does a
+    # narrower network at the same steps lose accuracy, or buy steps within the budget?
+    "w8_cosine_28k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
+                              "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0),
+                              "model.unet.channels": (8, 16, 32)},
     # Fine-tunes of ema_cosine_16k_range11's EMA (training.init_from): 2,000 more steps at a
     # fifth of the learning rate, with and without second-order score matching (Lu et al.
     # 2022; sgc_jax/losses.py), so that the second row is one lever away from the first.
@@ -94,25 +102,29 @@ VARIANTS = {
     # The seed's three identical channels instead of one (two thirds of the dimensions copies).
     "ema_cosine_8k_3ch": {**_FAST_EVAL, **_LONG, "training.num_steps": 8000,
                           "training.checkpoint_every": 2000, "data.num_channels": 3},
-    # The demo's MLP recipe (configs/digits.py: 6,000 steps of batch 128, 594 epochs) as
-    # shipped, and twice as long.
-    "mlp_6k": {"base": "digits"},
-    "mlp_12k": {"base": "digits", "training.num_steps": 12000,
+    # The demo's MLP recipe (configs/digits.py: 6,000 steps of batch 128, 594 epochs) without
+    # weight decay, and twice as long.
+    "mlp_6k": {**_MLP},
+    "mlp_12k": {**_MLP, "training.num_steps": 12000,
                 "training.checkpoint_every": 6000},
     # The demo's recipe with the likelihood-weighted, importance-sampled loss.
-    "mlp_6k_is": {"base": "digits", "training.importance_sampling": True},
+    "mlp_6k_is": {**_MLP, "training.importance_sampling": True},
     # Regularising the MLP against memorising (mlp_12k): decoupled weight decay (AdamW, on
     # weight matrices) 0.05 at the demo's length and at twice it, then 0.1 to 0.5; twice
     # the width; a longer EMA.
-    "mlp_6k_wd": {"base": "digits", "training.weight_decay": 0.05},
-    "mlp_12k_wd": {"base": "digits", "training.weight_decay": 0.05,
+    "mlp_6k_wd": {**_MLP, "training.weight_decay": 0.05},
+    "mlp_12k_wd": {**_MLP, "training.weight_decay": 0.05,
                    "training.num_steps": 12000, "training.checkpoint_every": 6000},
-    "mlp_6k_wide": {"base": "digits", "model.mlp.hidden": 512},
-    "mlp_6k_ema9995": {"base": "digits", "training.ema_decay": 0.9995},
-    "mlp_6k_wd01": {"base": "digits", "training.weight_decay": 0.1},
-    "mlp_6k_wd02": {"base": "digits", "training.weight_decay": 0.2},
-    "mlp_6k_wd03": {"base": "digits", "training.weight_decay": 0.3},
-    "mlp_6k_wd05": {"base": "digits", "training.weight_decay": 0.5},
+    "mlp_6k_wide": {**_MLP, "model.mlp.hidden": 512},
+    "mlp_6k_ema9995": {**_MLP, "training.ema_decay": 0.9995},
+    "mlp_6k_wd01": {**_MLP, "training.weight_decay": 0.1},
+    "mlp_6k_wd02": {**_MLP, "training.weight_decay": 0.2},
+    "mlp_6k_wd03": {**_MLP, "training.weight_decay": 0.3},
+    "mlp_6k_wd05": {**_MLP, "training.weight_decay": 0.5},
+    # Weight decay 0.2 with two other seeds (initialisation, batches, noise): how far the
+    # accuracy moves between runs of one recipe.
+    "mlp_6k_wd02_seed1": {**_MLP, "training.weight_decay": 0.2, "seed": 1},
+    "mlp_6k_wd02_seed2": {**_MLP, "training.weight_decay": 0.2, "seed": 2},
 }
 # Variants that score another variant's trained model with its BatchNorm statistics
 # recomputed under the EMA parameters (sgc_jax/precise_bn.py), 32 batches.
@@ -218,13 +230,39 @@ def run_variant(name: str, workdir: str, data_dir: str = "") -> dict:
   return {"overrides": VARIANTS[trained_as], "trained_as": trained_as,
           "eval_overrides": eval_overrides(name),
           "precise_bn_batches": _PRECISE_BN_BATCHES if name in PRECISE_BN else 0,
-          "training": config.training.to_dict(), "eval": config.eval.to_dict(),
+          "seed": config.seed, "training": config.training.to_dict(), "eval": config.eval.to_dict(),
           "model": config.model.to_dict(), "data": config.data.to_dict(),
           "train_seconds": training_seconds(out_dir), "load_average": {
               "before": load_before, "after_training": load_after_training,
               "after_scoring": os.getloadavg()},
           "ode": score_test_split(trained), "commit": provenance.git_commit(),
           "machine": provenance.machine(), "devices": jax.device_count(), "device": str(jax.devices()[0].device_kind)}
+
+
+# Settings that name a place, not a number: the data's and the starting run's folders.
+_PATHS = {"data.data_dir", "training.init_from"}
+
+
+def changed_settings(name: str, entry: dict) -> list[str]:
+  """The settings in which `entry` (a results row) differs from `name`'s definition now.
+
+  A setting absent from the row predates its option (which then did not exist, i.e. was
+  off); tolerances are compared only for adaptive solvers, the only ones they steer.
+  """
+  config = variant_config(name)
+  changed = []
+  if config.seed != entry.get("seed", entry["overrides"].get("seed", 0)):
+    changed.append("seed")
+  for block in ("training", "model", "data", "eval"):
+    now = json.loads(json.dumps(config[block].to_dict()))
+    for key, was in entry[block].items():
+      field = f"{block}.{key}"
+      if field in _PATHS or key not in now or now[key] == was:
+        continue
+      if key in ("rtol", "atol") and not (now["adaptive"] or entry["eval"]["adaptive"]):
+        continue
+      changed.append(field)
+  return changed
 
 
 def main():
@@ -240,6 +278,12 @@ def main():
       results = json.load(f)
   for name in args.variants.split(","):
     if name in results:
+      changed = changed_settings(name, results[name])
+      if changed:
+        # Its row would otherwise stand for a model this definition no longer trains.
+        raise SystemExit(f"{args.out}: {name} was measured with other settings "
+                         f"({', '.join(changed)}); name the new definition anew, or pass "
+                         "another --out")
       print(f"{name}: done (accuracy {results[name]['ode']['accuracy']:.3f})")
       continue
     results[name] = run_variant(name, args.workdir, args.data_dir)
