@@ -12,6 +12,7 @@ import math
 import os
 import re
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -412,6 +413,21 @@ def test_recipe_levers_table_equals_its_json():
 
 
 _LOW_DATA_TABLES = [("mlp", "MLP, 8×8"), ("unet", "seed U-Net, 16×16")]
+
+
+def test_demo_recipe_over_seeds_equals_its_json():
+  """The demo's prose quotes the recipe's mean and sd over seeds, with and without weight decay."""
+  data = results("recipe_levers.json")
+  quoted = re.search(r"\*\*(\S+) ± (\S+) with weight\s+decay 0.2 and (\S+) ± (\S+) without\*\*",
+                     README)
+  assert quoted, "README: the demo's over-seeds sentence is gone"
+  for (mean, sd), prefix in zip((quoted.groups()[:2], quoted.groups()[2:]),
+                                ("mlp_6k_wd02", "mlp_6k")):
+    runs = [data[prefix + suffix] for suffix in ("", "_seed1", "_seed2")]
+    assert [run.get("seed", run["overrides"].get("seed", 0)) for run in runs] == [0, 1, 2]
+    accuracies = [run["ode"]["accuracy"] for run in runs]
+    assert_printed(mean, float(np.mean(accuracies)), prefix + " mean over seeds")
+    assert_printed(sd, float(np.std(accuracies, ddof=1)), prefix + " sd over seeds")
 
 
 @pytest.mark.parametrize("model,header", _LOW_DATA_TABLES)

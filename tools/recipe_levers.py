@@ -122,9 +122,12 @@ VARIANTS = {
     "mlp_6k_wd03": {**_MLP, "training.weight_decay": 0.3},
     "mlp_6k_wd05": {**_MLP, "training.weight_decay": 0.5},
     # Weight decay 0.2 with two other seeds (initialisation, batches, noise): how far the
-    # accuracy moves between runs of one recipe.
+    # accuracy moves between runs of one recipe ...
     "mlp_6k_wd02_seed1": {**_MLP, "training.weight_decay": 0.2, "seed": 1},
     "mlp_6k_wd02_seed2": {**_MLP, "training.weight_decay": 0.2, "seed": 2},
+    # ... and without weight decay, so that the two recipes are compared seed for seed.
+    "mlp_6k_seed1": {**_MLP, "seed": 1},
+    "mlp_6k_seed2": {**_MLP, "seed": 2},
 }
 # Variants that score another variant's trained model with its BatchNorm statistics
 # recomputed under the EMA parameters (sgc_jax/precise_bn.py), 32 batches.
