@@ -47,7 +47,8 @@ def run_demo(workdir: str, config=None) -> dict:
             # The seconds mean something only beside the host and its load.
             "load_average": {"before": load_before, "after": os.getloadavg()},
             "machine": provenance.machine(), "commit": provenance.git_commit(),
-            "config": config.to_dict(), "dataset": config.data.name, "workdir": os.path.abspath(workdir)}
+            "config": config.to_dict(), "dataset": config.data.name,
+            "workdir": os.path.abspath(workdir)}
   with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
     json.dump(report, f, indent=2)
   print(format_table(generative, denoising, discriminative))

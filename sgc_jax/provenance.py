@@ -14,7 +14,6 @@ def git_commit(path: str = os.path.dirname(os.path.abspath(__file__))) -> str:
     return "unknown"
 
 
-
 def machine(cpuinfo: str = "/proc/cpuinfo") -> dict:
   """The host a timing was taken on: CPU model, its widest vector extension, cores.
 

@@ -36,8 +36,9 @@ import pytest  # pylint: disable=wrong-import-position
 
 
 # The slow tier: tests that train or launch processes, and those measured at 4 s or more
-# on the 2-core development machine (`--durations=60`; 3 s on its slower host, below). Module names mark every test of
-# the module; "module.py::test_name" marks that test (every parametrization).
+# on the 2-core development machine (`--durations=60`; 3 s on its slower host, below).
+# Module names mark every test of the module; "module.py::test_name" marks that test
+# (every parametrization).
 _SLOW_MODULES = {"test_multiprocess.py", "test_scoring.py", "test_recipe.py", "test_trainer.py",
                  "test_device_check.py", "test_builders.py", "test_precise_bn.py",
                  "test_scoring_tables.py"}

@@ -105,8 +105,8 @@ def test_every_recipe_levers_row_is_its_variant_as_defined_now():
   with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "results",
                          "recipe_levers.json"), encoding="utf-8") as f:
     rows = json.load(f)
-  assert {name: recipe_levers.changed_settings(name, row) for name, row in rows.items()
-          if recipe_levers.changed_settings(name, row)} == {}
+  changed = {name: recipe_levers.changed_settings(name, row) for name, row in rows.items()}
+  assert {name: fields for name, fields in changed.items() if fields} == {}
   row = copy.deepcopy(rows["mlp_6k_wd"])
   row["training"]["weight_decay"], row["model"]["mlp"]["hidden"] = 0.3, 512
   assert recipe_levers.changed_settings("mlp_6k_wd", row) == ["training.weight_decay",
