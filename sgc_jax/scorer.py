@@ -11,6 +11,7 @@ validation all go through this table, so a new estimator is one entry here.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -74,21 +75,31 @@ def make_class_scorer(config, score_fn, sde, num_classes: int, mesh, *, estimato
   An image's random draws come from `key` folded with its id (the same for
   all of its classes), so they vary between images and never depend on the
   batch; an estimator with shared draws gets `key` itself for every image.
+  The jitted program is shared by every scorer of the same estimator,
+  options, SDE, class count and mesh, so a second evaluation of the same
+  network (another `sgc_jax.load`, the next `evaluate`) is not traced again.
   """
-  entry = ESTIMATORS[estimator or config.eval.estimator]
-  options = entry.options(config.eval)
+  name = estimator or config.eval.estimator
+  options = tuple(sorted(ESTIMATORS[name].options(config.eval).items()))
+  sharded = _sharded_scorer(name, options, sde, num_classes, mesh)
+  return lambda x, ids, key: sharded(score_fn, x, ids, key)
+
+
+@functools.lru_cache(maxsize=16)
+def _sharded_scorer(name: str, options: tuple, sde, num_classes: int, mesh):
+  """jit(shard_map(...)) of one estimator, taking score_fn as an argument (see above)."""
+  entry = ESTIMATORS[name]
 
   def per_device(score_fn, x, ids, key):
     if entry.shared_draws:
       keys = jnp.broadcast_to(key, (len(ids),) + key.shape)
     else:
       keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(ids.astype(jnp.uint32))
-    return entry.estimate(score_fn, sde, x, num_classes, keys, **options)
+    return entry.estimate(score_fn, sde, x, num_classes, keys, **dict(options))
 
   data = P(sharding.DATA_AXIS)
-  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), data, data, P()),
-                                  out_specs=data, check_vma=False))
-  return lambda x, ids, key: sharded(score_fn, x, ids, key)
+  return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), data, data, P()),
+                               out_specs=data, check_vma=False))
 
 
 def per_image_inputs(key, ids, images, config):

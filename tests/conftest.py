@@ -131,3 +131,13 @@ def trained_tiny_digits(tmp_path_factory, digits_data_dir):
   config = tiny_config(digits_data_dir, steps=20)
   state, model = trainer.train(config, workdir)
   return config, workdir, state, model
+
+
+@pytest.fixture(scope="session")
+def recipe_levers():
+  """The module tools/recipe_levers.py (variant definitions and their results rows' checks)."""
+  import sys  # pylint: disable=import-outside-toplevel
+  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                  "tools"))
+  import recipe_levers as module  # pylint: disable=import-outside-toplevel
+  return module

@@ -64,6 +64,24 @@ def test_load_gives_the_evaluation_tables_log_likelihoods(trained, loaded):
   assert not np.allclose(other.log_likelihood, expected, atol=1e-3)
 
 
+def test_a_second_load_of_the_same_run_reuses_the_compiled_scorer(trained, loaded):
+  """Two loads of one run share one compiled class scorer: the second is not traced again."""
+  from sgc_jax import scorer  # pylint: disable=import-outside-toplevel
+  _, workdir = trained
+  again = sgc_jax.load(workdir)
+  assert again.score_fn is not loaded.score_fn
+  source = records.data_source(reader.load_builder(loaded.config.data), "test")
+  images = np.stack([source[i]["image"] for i in range(4)])
+  ids = np.asarray([source[i]["id"] for i in range(4)])
+  first = loaded.log_likelihoods(images, ids=ids).log_likelihood
+  second = again.log_likelihoods(images, ids=ids).log_likelihood
+  np.testing.assert_array_equal(first, second)
+  options = tuple(sorted(scorer.ESTIMATORS["ode"].options(loaded.config.eval).items()))
+  jitted = scorer._sharded_scorer(  # pylint: disable=protected-access
+      "ode", options, loaded.sde, loaded.num_classes, loaded.mesh)
+  assert jitted._cache_size() == 1  # pylint: disable=protected-access
+
+
 def test_load_score_fn_and_errors(loaded, tmp_path):
   x = np.zeros((2, 8, 8, 1), np.float32)
   score = loaded.score_fn(x, np.full((2,), 0.5, np.float32), np.array([0, 1], np.int32))

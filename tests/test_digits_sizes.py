@@ -2,7 +2,6 @@
 import copy
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -80,28 +79,21 @@ def test_digits_unet_config_fits_the_16x16_records(built):
   assert seed.training.lr_schedule == "step" and seed.training.ema_decay == 0.0
 
 
-def _recipe_levers():
-  sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools"))
-  import recipe_levers  # pylint: disable=import-outside-toplevel
-  return recipe_levers
-
-
 @pytest.mark.parametrize("get_config,variant", [(digits_unet.get_config, "ema_cosine_28k_range11"),
-                                                (digits_config.get_config, "mlp_6k_wd02")])
-def test_shipped_default_recipe_is_the_measured_variant(get_config, variant):
+                                                (digits_config.get_config, "mlp_6k_wd02_deep")])
+def test_shipped_default_recipe_is_the_measured_variant(get_config, variant, recipe_levers):
   """configs/digits_unet.py's and configs/digits.py's defaults are the recipe_levers rows the
   README quotes for them."""
-  measured = _recipe_levers().variant_config(variant).to_dict()
+  measured = recipe_levers.variant_config(variant).to_dict()
   shipped = get_config().to_dict()
   for block in ("data", "model", "training", "sde", "eval"):
     assert shipped[block] == measured[block], block
 
 
-def test_every_recipe_levers_row_is_its_variant_as_defined_now():
+def test_every_recipe_levers_row_is_its_variant_as_defined_now(recipe_levers):
   """A variant whose definition changed after it ran (a new default in its base config, say)
   would leave a row standing for a model the tool no longer trains; the tool refuses to skip
   it, and this test names it."""
-  recipe_levers = _recipe_levers()
   with open(os.path.join(os.path.dirname(os.path.dirname(__file__)), "tools", "results",
                          "recipe_levers.json"), encoding="utf-8") as f:
     rows = json.load(f)

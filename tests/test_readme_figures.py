@@ -270,7 +270,7 @@ def test_flow_diagnostics_table_equals_its_json():
     for cell, value in zip(cells[1:], expected):
       assert_cell(cell, value, f"flow diagnostics, {label}")
   # The prose under the table quotes the demo's noise-corrected slope and the bound's noise.
-  prose = re.search(r"the demo's noise-corrected\s+slope is (\S+) too \(`centred_slope_deming`"
+  prose = re.search(r"the demo's noise-corrected\s+slope is (\S+) \(`centred_slope_deming`"
                     r" in the same file; bound noise (\S+) nats\)", README)
   assert prose, "README: the sentence quoting the demo's centred_slope_deming is gone"
   flow = demo["generative"]["flow_diagnostics"]
@@ -387,6 +387,11 @@ def test_demo_table_is_bound_to_a_results_file_or_says_it_is_not():
     assert_cell(cell, column["bits_per_dim"], "demo bits/dim")
   for cell, column in zip(cells("network passes")[:2], columns):
     assert_printed(numbers(cell)[0], column["mean_nfe"], "demo passes")
+  for cell, column in zip(cells("scoring time")[:2], columns):
+    assert_cell(cell, column["seconds"], "demo scoring seconds")
+  whole = re.search(r"The whole demo, building the records included: \*\*(\S+) s\*\*", README)
+  assert whole, "README: the demo's total time is gone"
+  assert_printed(whole.group(1), report["seconds"], "demo seconds")
   flow = report["generative"]["flow_diagnostics"]
   assert_cell(cells("flow diagnostics")[0], [flow["decision_agreement"], flow["centred_slope"],
                                              flow["centred_correlation"]], "demo flow")
@@ -410,21 +415,28 @@ def test_recipe_levers_table_equals_its_json():
     assert_cell(cells[3], run["ode"]["accuracy"], what + " accuracy")
     assert_cell(cells[4], run["ode"]["balanced_accuracy"], what + " balanced accuracy")
     assert run["ode"]["images"] == 360   # the whole test split
+    # The host mark: none for the earlier host (rows without `machine`), † for the AVX2 EPYC,
+    # ‡ for the AVX-512 Xeon.
+    machine = run.get("machine")
+    mark = "" if machine is None else {"avx2": "†", "avx512f": "‡"}[machine["vector_extension"]]
+    assert "".join(c for c in cells[2] if c in "†‡") == mark, what + " host mark"
 
 
 _LOW_DATA_TABLES = [("mlp", "MLP, 8×8"), ("unet", "seed U-Net, 16×16")]
 
 
-def test_demo_recipe_over_seeds_equals_its_json():
+def test_demo_recipe_over_seeds_equals_its_json(recipe_levers):
   """The demo's prose quotes the recipe's mean and sd over seeds, with and without weight decay."""
   data = results("recipe_levers.json")
-  quoted = re.search(r"\*\*(\S+) ± (\S+) with weight\s+decay 0.2 and (\S+) ± (\S+) without\*\*",
-                     README)
+  quoted = re.search(r"\*\*(\S+) ± (\S+) with 4 blocks and weight decay 0.2,\s+(\S+) ± (\S+) "
+                     r"with 3 blocks and (\S+) ± (\S+) with 3 blocks and no weight decay\*\*",
+                     re.sub(r"\s+", " ", README))
   assert quoted, "README: the demo's over-seeds sentence is gone"
-  for (mean, sd), prefix in zip((quoted.groups()[:2], quoted.groups()[2:]),
-                                ("mlp_6k_wd02", "mlp_6k")):
+  groups = quoted.groups()
+  for (mean, sd), prefix in zip((groups[0:2], groups[2:4], groups[4:6]),
+                                ("mlp_6k_wd02_deep", "mlp_6k_wd02", "mlp_6k")):
     runs = [data[prefix + suffix] for suffix in ("", "_seed1", "_seed2")]
-    assert [run.get("seed", run["overrides"].get("seed", 0)) for run in runs] == [0, 1, 2]
+    assert [recipe_levers.seed_of(run) for run in runs] == [0, 1, 2]
     accuracies = [run["ode"]["accuracy"] for run in runs]
     assert_printed(mean, float(np.mean(accuracies)), prefix + " mean over seeds")
     assert_printed(sd, float(np.std(accuracies, ddof=1)), prefix + " sd over seeds")

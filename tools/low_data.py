@@ -82,11 +82,19 @@ def weight_decay_of(args) -> float:
   return float(_CONFIGS[args.model].get_config().training.weight_decay)
 
 
+def network_of(model: str) -> dict:
+  """The score network the model's config trains: its kind, its own block, the class skip."""
+  config = _CONFIGS[model].get_config().model
+  return json.loads(json.dumps({"name": config.name, config.name: config[config.name].to_dict(),
+                                "class_gaussian": config.class_gaussian}))
+
+
 def settings_of(args) -> dict:
   """Every setting that changes a cell's numbers (a rerun must match them)."""
   return {"model": args.model, "min_steps": args.min_steps, "num_probes": args.num_probes,
           "baseline_steps": args.baseline_steps, "max_examples": args.max_examples,
-          "scorer": _SCORER, "weight_decay": weight_decay_of(args)}
+          "scorer": _SCORER, "weight_decay": weight_decay_of(args),
+          "network": network_of(args.model)}
 
 
 def differing_settings(stored: dict, args) -> list[str]:

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import inspect
 import math
 from typing import Any, Callable, Mapping
 
@@ -193,9 +194,23 @@ def count_params(tree: Any) -> int:
   return sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree))
 
 
-def _apply_score(model, marginal_std, variables, x, t, y):
-  out = model.apply(variables, x, t, y, train=False)
-  return out / marginal_std(t)[:, None, None, None]
+@dataclasses.dataclass(frozen=True)
+class _ScoreApplication:
+  """model output / sigma(t), equal (and hashing equal) for equal networks and SDEs.
+
+  A score_fn's pytree structure holds this object, and `jax.jit` keys its
+  cache on that structure: compared by value, two loads of the same network
+  share one compilation of every jitted caller (the class scorer, the
+  samplers) instead of tracing it again. A bound method compares its object
+  by identity, so sigma(t) is held as (object, method name).
+  """
+  model: nn.Module
+  std_owner: Any
+  std_name: str
+
+  def __call__(self, variables, x, t, y):
+    out = self.model.apply(variables, x, t, y, train=False)
+    return out / getattr(self.std_owner, self.std_name)(t)[:, None, None, None]
 
 
 def make_score_fn(model: nn.Module, variables: Mapping[str, Any],
@@ -215,4 +230,8 @@ def make_score_fn(model: nn.Module, variables: Mapping[str, Any],
     program. BatchNorm uses running averages and dropout is off, so each
     image's score is independent of its batch-mates.
   """
-  return Partial(functools.partial(_apply_score, model, marginal_std), variables)
+  if inspect.ismethod(marginal_std):
+    owner, name = marginal_std.__self__, marginal_std.__name__
+  else:
+    owner, name = marginal_std, "__call__"
+  return Partial(_ScoreApplication(model, owner, name), variables)
