@@ -15,15 +15,21 @@ def _args(**changes):
   return argparse.Namespace(**{**args, **changes})
 
 
-def test_cells_from_before_weight_decay_match_only_a_run_without_it():
+def test_cells_of_another_recipe_are_never_extended_by_this_one():
   with open(os.path.join(ROOT, "tools", "results", "low_data_seeds.json"), encoding="utf-8") as f:
-    stored = json.load(f)["mlp"]["settings"]
+    study = json.load(f)
+  stored = study["mlp"]["settings"]
   assert "weight_decay" not in stored        # written before the option existed
-  # configs/digits.py now trains with weight decay 0.2: those cells are not its cells.
-  assert low_data.differing_settings(stored, _args()) == ["weight_decay"]
-  assert low_data.differing_settings(stored, _args(weight_decay=0.0)) == []
+  assert stored["network"]["mlp"] == {"hidden": 256, "depth": 3}
+  # configs/digits.py now trains 4 blocks with weight decay 0.2: those cells are not its cells,
+  # and a rerun into their file is refused naming both.
+  assert low_data.differing_settings(stored, _args()) == ["network", "weight_decay"]
+  assert low_data.differing_settings(stored, _args(weight_decay=0.0)) == ["network"]
   assert low_data.differing_settings(stored, _args(weight_decay=0.0, num_probes=1)) == [
-      "num_probes"]
+      "network", "num_probes"]
+  # The U-Net's cells were made with the network configs/digits_unet.py still trains.
+  assert low_data.differing_settings(study["unet"]["settings"],
+                                     _args(model="unet", num_probes=1, weight_decay=0.0)) == []
 
 
 def test_the_cell_config_trains_with_the_weight_decay_the_settings_record(digits_data_dir,

@@ -422,7 +422,10 @@ def test_recipe_levers_table_equals_its_json():
     assert "".join(c for c in cells[2] if c in "†‡") == mark, what + " host mark"
 
 
-_LOW_DATA_TABLES = [("mlp", "MLP, 8×8"), ("unet", "seed U-Net, 16×16")]
+_LOW_DATA_TABLES = [("low_data_seeds.json", "mlp", "MLP, 8×8"),
+                    ("low_data_seeds.json", "unet", "seed U-Net, 16×16"),
+                    ("low_data_seeds_wd02_depth4.json", "mlp",
+                     "MLP, 4 blocks, weight decay 0.2, 8×8")]
 
 
 def test_demo_recipe_over_seeds_equals_its_json(recipe_levers):
@@ -442,9 +445,9 @@ def test_demo_recipe_over_seeds_equals_its_json(recipe_levers):
     assert_printed(sd, float(np.std(accuracies, ddof=1)), prefix + " sd over seeds")
 
 
-@pytest.mark.parametrize("model,header", _LOW_DATA_TABLES)
-def test_low_data_seeds_table_equals_its_json(model, header):
-  study = results("low_data_seeds.json")[model]
+@pytest.mark.parametrize("path,model,header", _LOW_DATA_TABLES)
+def test_low_data_seeds_table_equals_its_json(path, model, header):
+  study = results(path)[model]
   rows = table(f"| low-data setting ({header}) | training images, steps | seeds |")
   assert rows
   for cells in rows:
