@@ -537,7 +537,7 @@ def test_every_readme_table_is_bound_by_a_test_here():
     source = f.read()
   # Every header a test here reads, whether passed to table() or through a parametrisation.
   headers = set(re.findall(r'"(\| [^"]*)"', source))
-  headers = {h.replace("{header}", name) for h in headers for _, name in _LOW_DATA_TABLES}
+  headers = {h.replace("{header}", name) for h in headers for _, _, name in _LOW_DATA_TABLES}
   lines = README.splitlines()
   unbound = [line for previous, line in zip([""] + lines, lines)
              if line.startswith("|") and not previous.startswith("|")
