@@ -543,3 +543,15 @@ def test_every_readme_table_is_bound_by_a_test_here():
              if line.startswith("|") and not previous.startswith("|")
              and not any(line.startswith(h) for h in (*headers, *_UNMEASURED_TABLES))]
   assert not unbound, f"README tables no test binds to their JSON: {unbound}"
+
+
+def test_mutation_sentence_equals_its_json():
+  """"all nine caught (rerun at commit X" is tools/results/mutation_check.json's summary."""
+  data = results("mutation_check.json")
+  quoted = re.search(r"all (\w+) caught \(rerun at commit ([0-9a-f]{7})", re.sub(r"\s+", " ", README))
+  assert quoted, "README: the mutation check's sentence is gone"
+  words = {"nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
+  summary = data["summary"]
+  assert len(summary["caught"]) == words[quoted.group(1)] == len(data["mutations"])
+  assert summary["missed"] == summary["not_applied"] == summary["error"] == []
+  assert data["commit"].startswith(quoted.group(2))
