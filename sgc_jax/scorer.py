@@ -79,10 +79,15 @@ def make_class_scorer(config, score_fn, sde, num_classes: int, mesh, *, estimato
   options, SDE, class count and mesh, so a second evaluation of the same
   network (another `sgc_jax.load`, the next `evaluate`) is not traced again.
   """
+  sharded = compiled_scorer(config, sde, num_classes, mesh, estimator=estimator)
+  return lambda x, ids, key: sharded(score_fn, x, ids, key)
+
+
+def compiled_scorer(config, sde, num_classes: int, mesh, *, estimator=None):
+  """The jitted sharded(score_fn, x, ids, key) every scorer of these settings shares."""
   name = estimator or config.eval.estimator
   options = tuple(sorted(ESTIMATORS[name].options(config.eval).items()))
-  sharded = _sharded_scorer(name, options, sde, num_classes, mesh)
-  return lambda x, ids, key: sharded(score_fn, x, ids, key)
+  return _sharded_scorer(name, options, sde, num_classes, mesh)
 
 
 @functools.lru_cache(maxsize=16)

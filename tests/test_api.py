@@ -73,9 +73,7 @@ def test_a_second_load_of_the_same_run_reuses_the_compiled_scorer(trained, loade
   source = records.data_source(reader.load_builder(loaded.config.data), "test")
   images = np.stack([source[i]["image"] for i in range(4)])
   ids = np.asarray([source[i]["id"] for i in range(4)])
-  options = tuple(sorted(scorer.ESTIMATORS["ode"].options(loaded.config.eval).items()))
-  jitted = scorer._sharded_scorer(  # pylint: disable=protected-access
-      "ode", options, loaded.sde, loaded.num_classes, loaded.mesh)
+  jitted = scorer.compiled_scorer(loaded.config, loaded.sde, loaded.num_classes, loaded.mesh)
   first = loaded.log_likelihoods(images, ids=ids).log_likelihood
   compiled = jitted._cache_size()  # pylint: disable=protected-access
   assert compiled >= 1

@@ -19,6 +19,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "tools", "results")
 with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as _f:
   README = _f.read()
+# The README with every run of whitespace one space: for sentences that wrap across lines.
+README_ONE_LINE = re.sub(r"\s+", " ", README)
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:e-?\d+)?")
 NAT_PER_BIT = math.log(2.0)
 
@@ -433,7 +435,7 @@ def test_demo_recipe_over_seeds_equals_its_json(recipe_levers):
   data = results("recipe_levers.json")
   quoted = re.search(r"\*\*(\S+) ± (\S+) with 4 blocks and weight decay 0.2,\s+(\S+) ± (\S+) "
                      r"with 3 blocks and (\S+) ± (\S+) with 3 blocks and no weight decay\*\*",
-                     re.sub(r"\s+", " ", README))
+                     README_ONE_LINE)
   assert quoted, "README: the demo's over-seeds sentence is gone"
   groups = quoted.groups()
   for (mean, sd), prefix in zip((groups[0:2], groups[2:4], groups[4:6]),
@@ -548,7 +550,7 @@ def test_every_readme_table_is_bound_by_a_test_here():
 def test_mutation_sentence_equals_its_json():
   """"all nine caught (rerun at commit X" is tools/results/mutation_check.json's summary."""
   data = results("mutation_check.json")
-  quoted = re.search(r"all (\w+) caught \(rerun at commit ([0-9a-f]{7})", re.sub(r"\s+", " ", README))
+  quoted = re.search(r"all (\w+) caught \(rerun at commit ([0-9a-f]{7})", README_ONE_LINE)
   assert quoted, "README: the mutation check's sentence is gone"
   words = {"nine": 9, "ten": 10, "eleven": 11, "twelve": 12}
   summary = data["summary"]
