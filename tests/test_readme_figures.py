@@ -433,13 +433,15 @@ _LOW_DATA_TABLES = [("low_data_seeds.json", "mlp", "MLP, 8×8"),
 def test_demo_recipe_over_seeds_equals_its_json(recipe_levers):
   """The demo's prose quotes the recipe's mean and sd over seeds, with and without weight decay."""
   data = results("recipe_levers.json")
-  quoted = re.search(r"\*\*(\S+) ± (\S+) with 4 blocks and weight decay 0.2,\s+(\S+) ± (\S+) "
+  quoted = re.search(r"\*\*(\S+) ± (\S+) in 12,000 steps, (\S+) ± (\S+) in 9,000 and (\S+) ± "
+                     r"(\S+) in 6,000 with 4 blocks and weight decay 0.2,\s+(\S+) ± (\S+) "
                      r"with 3 blocks and (\S+) ± (\S+) with 3 blocks and no weight decay\*\*",
                      README_ONE_LINE)
   assert quoted, "README: the demo's over-seeds sentence is gone"
   groups = quoted.groups()
-  for (mean, sd), prefix in zip((groups[0:2], groups[2:4], groups[4:6]),
-                                ("mlp_6k_wd02_deep", "mlp_6k_wd02", "mlp_6k")):
+  prefixes = ("mlp_12k_wd02_deep", "mlp_9k_wd02_deep", "mlp_6k_wd02_deep", "mlp_6k_wd02",
+              "mlp_6k")
+  for (mean, sd), prefix in zip(zip(groups[0::2], groups[1::2]), prefixes):
     runs = [data[prefix + suffix] for suffix in ("", "_seed1", "_seed2")]
     assert [recipe_levers.seed_of(run) for run in runs] == [0, 1, 2]
     accuracies = [run["ode"]["accuracy"] for run in runs]

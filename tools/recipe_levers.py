@@ -49,8 +49,10 @@ _FINE_TUNE = {**_LONG, "init_from": "ema_cosine_16k_range11", "data.range": (-1.
               "training.warmup_steps": 100, "training.checkpoint_every": 1000}
 
 # The demo's MLP as configs/digits.py shipped it before it took weight decay (0.2), so that
-# each MLP row stays one lever away from the same recipe: 3 residual blocks, no weight decay.
-_MLP = {"base": "digits", "model.mlp.depth": 3, "training.weight_decay": 0.0}
+# each MLP row stays one lever away from the same recipe: 3 residual blocks, no weight decay,
+# 6,000 steps.
+_MLP = {"base": "digits", "model.mlp.depth": 3, "training.weight_decay": 0.0,
+        "training.num_steps": 6000, "training.checkpoint_every": 3000}
 # The same with weight decay 0.2, and with a fourth block too (configs/digits.py's default now).
 _MLP_WD02 = {**_MLP, "training.weight_decay": 0.2}
 _MLP_DEEP = {**_MLP_WD02, "model.mlp.depth": 4}
@@ -155,6 +157,17 @@ VARIANTS = {
     # memorising that twice the steps showed without it (mlp_12k)?
     "mlp_9k_wd02": {**_MLP_WD02, "training.num_steps": 9000},
     "mlp_12k_wd02": {**_MLP_WD02, "training.num_steps": 12000, "training.checkpoint_every": 6000},
+    # The fourth block at the 9,000 steps that lifted three blocks (mlp_9k_wd02), seeds 0-2.
+    "mlp_9k_wd02_deep": {**_MLP_DEEP, "training.num_steps": 9000},
+    "mlp_9k_wd02_deep_seed1": {**_MLP_DEEP, "training.num_steps": 9000, "seed": 1},
+    "mlp_9k_wd02_deep_seed2": {**_MLP_DEEP, "training.num_steps": 9000, "seed": 2},
+    # And at 12,000 steps (mlp_12k_wd02's length), seeds 0-2.
+    "mlp_12k_wd02_deep": {**_MLP_DEEP, "training.num_steps": 12000,
+                          "training.checkpoint_every": 6000},
+    "mlp_12k_wd02_deep_seed1": {**_MLP_DEEP, "training.num_steps": 12000,
+                                "training.checkpoint_every": 6000, "seed": 1},
+    "mlp_12k_wd02_deep_seed2": {**_MLP_DEEP, "training.num_steps": 12000,
+                                "training.checkpoint_every": 6000, "seed": 2},
 }
 # Variants that score another variant's trained model with its BatchNorm statistics
 # recomputed under the EMA parameters (sgc_jax/precise_bn.py), 32 batches.
