@@ -21,15 +21,26 @@ def test_cells_of_another_recipe_are_never_extended_by_this_one():
   stored = study["mlp"]["settings"]
   assert "weight_decay" not in stored        # written before the option existed
   assert stored["network"]["mlp"] == {"hidden": 256, "depth": 3}
-  # configs/digits.py now trains 4 blocks with weight decay 0.2: those cells are not its cells,
-  # and a rerun into their file is refused naming both.
-  assert low_data.differing_settings(stored, _args()) == ["network", "weight_decay"]
-  assert low_data.differing_settings(stored, _args(weight_decay=0.0)) == ["network"]
+  # configs/digits.py now trains 4 blocks with weight decay 0.2 for 12,000 steps: those cells
+  # are not its cells, and a rerun into their file is refused naming all three.
+  assert low_data.differing_settings(stored, _args()) == ["network", "recipe", "weight_decay"]
+  assert low_data.differing_settings(stored, _args(weight_decay=0.0)) == ["network", "recipe"]
   assert low_data.differing_settings(stored, _args(weight_decay=0.0, num_probes=1)) == [
-      "network", "num_probes"]
-  # The U-Net's cells were made with the network configs/digits_unet.py still trains.
+      "network", "num_probes", "recipe"]
+  # The U-Net's cells were made with the network and recipe configs/digits_unet.py still trains.
   assert low_data.differing_settings(study["unet"]["settings"],
                                      _args(model="unet", num_probes=1, weight_decay=0.0)) == []
+  # The 4-block cells of 6,000 steps differ from the config's by the recipe's length alone,
+  # and the file the README's final table quotes holds the config's own cells.
+  assert low_data.differing_settings(_study("low_data_seeds_wd02_depth4.json"), _args()) == [
+      "recipe"]
+  assert low_data.differing_settings(_study("low_data_seeds_wd02_depth4_12k.json"),
+                                     _args()) == []
+
+
+def _study(name):
+  with open(os.path.join(ROOT, "tools", "results", name), encoding="utf-8") as f:
+    return json.load(f)["mlp"]["settings"]
 
 
 def test_the_cell_config_trains_with_the_weight_decay_the_settings_record(digits_data_dir,

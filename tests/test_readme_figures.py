@@ -427,7 +427,9 @@ def test_recipe_levers_table_equals_its_json():
 _LOW_DATA_TABLES = [("low_data_seeds.json", "mlp", "MLP, 8×8"),
                     ("low_data_seeds.json", "unet", "seed U-Net, 16×16"),
                     ("low_data_seeds_wd02_depth4.json", "mlp",
-                     "MLP, 4 blocks, weight decay 0.2, 8×8")]
+                     "MLP, 4 blocks, weight decay 0.2, 6,000 steps, 8×8"),
+                    ("low_data_seeds_wd02_depth4_12k.json", "mlp",
+                     "MLP, final recipe: 4 blocks, weight decay 0.2, 12,000 steps, 8×8")]
 
 
 def test_demo_recipe_over_seeds_equals_its_json(recipe_levers):

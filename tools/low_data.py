@@ -89,12 +89,18 @@ def network_of(model: str) -> dict:
                                 "class_gaussian": config.class_gaussian}))
 
 
+def recipe_of(model: str) -> dict:
+  """The full-data recipe's length, which sets every cell's epochs (training_steps)."""
+  training = _CONFIGS[model].get_config().training
+  return {"num_steps": int(training.num_steps), "batch_size": int(training.batch_size)}
+
+
 def settings_of(args) -> dict:
   """Every setting that changes a cell's numbers (a rerun must match them)."""
   return {"model": args.model, "min_steps": args.min_steps, "num_probes": args.num_probes,
           "baseline_steps": args.baseline_steps, "max_examples": args.max_examples,
           "scorer": _SCORER, "weight_decay": weight_decay_of(args),
-          "network": network_of(args.model)}
+          "network": network_of(args.model), "recipe": recipe_of(args.model)}
 
 
 def differing_settings(stored: dict, args) -> list[str]:
