@@ -91,6 +91,11 @@ VARIANTS = {
     "wd_cosine_26k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 26000,
                               "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0),
                               "training.weight_decay": 0.05},
+    # The default recipe, untouched, on the same digits upsampled to 32x32 (4x the pixels and
+    # the multiply-adds, 1,024 dimensions): does it carry to a larger image without retuning?
+    "ema_cosine_28k_range11_32px": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
+                                    "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0),
+                                    "data.builder_config": "32x32"},
     # Half the width everywhere ((8, 16, 32), about a quarter of the multiply-adds): does a
     # narrower network at the same steps lose accuracy, or buy steps within the budget?
     "w8_cosine_28k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
