@@ -120,6 +120,8 @@ VARIANTS = {
     # 2022; sgc_jax/losses.py), so that the second row is one lever away from the first.
     "ft2k_16k_range11": {**_FAST_EVAL, **_FINE_TUNE},
     "ft2k_16k_range11_dsm2": {**_FAST_EVAL, **_FINE_TUNE, "training.second_order_weight": 1.0},
+    # The same fine-tune of the longest run's EMA (ema_cosine_36k_range11), about 80 s more.
+    "ft2k_36k_range11": {**_FAST_EVAL, **_FINE_TUNE, "init_from": "ema_cosine_36k_range11"},
     # The same two fine-tunes of the demo's MLP (mlp_6k), at its batch of 128.
     "ft2k_mlp_6k": {**_FINE_TUNE_MLP},
     "ft2k_mlp_6k_dsm2": {**_FINE_TUNE_MLP, "training.second_order_weight": 1.0},
