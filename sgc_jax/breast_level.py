@@ -137,7 +137,7 @@ def fit_calibration(log_likelihoods, labels, grouping: Grouping,
 
 def bootstrap_metrics(labels, log_posteriors, *, clusters=None,
                       replicates: int = BOOTSTRAP_REPLICATES, seed: int = 0) -> dict:
-  """AUC, sensitivity and specificity (`metrics.classification_metrics`) with bootstrap 95 % CIs.
+  """AUC, sensitivity and specificity (`metrics.discrimination_metrics`) with bootstrap 95 % CIs.
 
   Args:
     labels: [N] integer labels.
@@ -158,8 +158,7 @@ def bootstrap_metrics(labels, log_posteriors, *, clusters=None,
   num_classes = lp.shape[1]
 
   def measure(rows):
-    found = metrics.classification_metrics(labels[rows], np.exp(lp[rows]), num_classes,
-                                           log_probs=lp[rows])
+    found = metrics.discrimination_metrics(labels[rows], lp[rows])
     return [found[name] for name in _REPORTED if name in found]
 
   names = [n for n in _REPORTED if num_classes == 2 or n == "auc"]

@@ -85,6 +85,33 @@ def _roc_auc(is_positive: np.ndarray, scores: np.ndarray) -> float:
   return float(skm.roc_auc_score(is_positive, scores))
 
 
+def per_class_recall(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
+  """[C] recall of each class (sensitivity), NaN for a class with no examples in `labels`."""
+  support = np.bincount(labels, minlength=num_classes)
+  hits = np.bincount(labels[preds == labels], minlength=num_classes)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return np.where(support > 0, hits / support, np.nan)
+
+
+def discrimination_metrics(labels, scores) -> dict[str, float]:
+  """AUC and, for two classes, sensitivity and specificity of the argmax decision.
+
+  The part of `classification_metrics` that a bootstrap resamples (thousands
+  of calls): `labels` [N] int64 in [0, C), `scores` [N, C] float posteriors or
+  log-posteriors (they rank and decide alike). Same definitions and NaNs as
+  `classification_metrics`.
+  """
+  num_classes = scores.shape[1]
+  if num_classes == 2:
+    recall = per_class_recall(labels, scores.argmax(axis=1), 2)
+    return {"auc": _roc_auc(labels == 1, scores[:, 1]), "sensitivity": float(recall[1]),
+            "specificity": float(recall[0])}
+  # Averaging the binary AUCs by hand (rather than roc_auc_score's "ovr" mode) is the same
+  # macro average but also accepts log-probabilities, which do not sum to one.
+  return {"auc": float(np.mean([_roc_auc(labels == c, scores[:, c])
+                                for c in range(num_classes)]))}
+
+
 def classification_metrics(labels, probs, num_classes: int, *,
                            log_probs=None) -> dict[str, float]:
   """Computes the summary metrics of a classifier's posteriors.
@@ -124,15 +151,8 @@ def classification_metrics(labels, probs, num_classes: int, *,
                        f"{scores.shape}.")
     true_log_prob = scores[np.arange(labels.size), labels]
   preds = probs.argmax(axis=1)
-  classes = np.arange(num_classes)
   present = np.unique(labels)
-
-  # Per-class recall from the confusion matrix (rows: true class); a class
-  # with no examples has an empty row and therefore an undefined recall.
-  confusion = skm.confusion_matrix(labels, preds, labels=classes)
-  support = confusion.sum(axis=1)
-  with np.errstate(invalid="ignore", divide="ignore"):
-    recall = np.where(support > 0, np.diag(confusion) / support, np.nan)
+  recall = per_class_recall(labels, preds, num_classes)
 
   result = {
       "accuracy": float(skm.accuracy_score(labels, preds)),
@@ -143,20 +163,13 @@ def classification_metrics(labels, probs, num_classes: int, *,
       # balanced accuracy averages, and what class imbalance hurts first.
       "per_class_sensitivity": [float(r) for r in recall],
   }
+  result.update(discrimination_metrics(labels, scores))
   if num_classes == 2:
-    result["auc"] = _roc_auc(labels == 1, scores[:, 1])
     # F1 = 2 TP / (2 TP + FP + FN) is 0/0 only when class 1 is neither in
     # `labels` nor predicted; that case is undefined, hence NaN.
     result["f1"] = float(skm.f1_score(labels, preds, labels=[1],
                                       average="macro", zero_division=np.nan))
-    result["sensitivity"] = float(recall[1])
-    result["specificity"] = float(recall[0])
   else:
-    # Averaging the binary AUCs by hand (rather than roc_auc_score's "ovr"
-    # mode) is the same macro average but also accepts log-probabilities,
-    # which do not sum to one.
-    per_class_auc = [_roc_auc(labels == c, scores[:, c]) for c in classes]
-    result["auc"] = float(np.mean(per_class_auc))
     result["f1"] = float(skm.f1_score(labels, preds, labels=present,
                                       average="macro"))
   return result
