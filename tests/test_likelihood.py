@@ -261,7 +261,7 @@ def test_seed_unet_divergence_in_forward_mode_equals_the_jacobian_trace():
   # linearisation): every U-Net layer, the max-pool included, must support it.
   from sgc_jax import models  # pylint: disable=import-outside-toplevel
   sde = sde_lib.VPSDE()
-  model = models.get_model({"name": "unet", "unet": {"channels": (4, 8, 8)}}, 3, sde)
+  model = models.get_model({"name": "unet", "unet": {"channels": (4, 8)}}, 3, sde)
   variables = models.init_variables(model, jax.random.PRNGKey(0), (8, 8, 1), 3)
   score_fn = models.make_score_fn(model, variables, sde.marginal_std)
   x = jax.random.normal(jax.random.PRNGKey(1), (8, 8, 1))
@@ -270,7 +270,7 @@ def test_seed_unet_divergence_in_forward_mode_equals_the_jacobian_trace():
   evaluate = likelihood._score_and_divergence(score_fn, sde, y,  # pylint: disable=protected-access
                                              jnp.eye(dim).reshape(dim, 8, 8, 1), "exact")
   score, divergence = jax.jit(evaluate)(t, x)
-  score_one = lambda z: score_fn(z[None], t[None], y[None])[0]
+  score_one = jax.jit(lambda z: score_fn(z[None], t[None], y[None])[0])
   jacobian = jax.jit(jax.jacrev(score_one))(x).reshape(dim, dim)
   np.testing.assert_allclose(score, score_one(x), rtol=1e-5, atol=1e-5)
   np.testing.assert_allclose(divergence, jnp.trace(jacobian), rtol=1e-4, atol=1e-4)
