@@ -81,8 +81,9 @@ VARIANTS = {
     # 3.5x as long (1,386 epochs), what a 20-minute budget on the 2 cores holds.
     "ema_cosine_28k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
                                "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
-    # What 20 minutes of training hold on the AVX-512 Xeon host, where the default's 28,000
-    # steps took 905 s (ema_cosine_28k_range11_4probes' retrain): 36,000 steps, 1,782 epochs.
+    # 36,000 steps, 1,782 epochs: meant as what 20 minutes hold on the AVX-512 Xeon host, by
+    # the pace of ema_cosine_28k_range11_4probes' retrain (28,000 in 905 s); it ran at 26
+    # steps/s, not 31, and took 1,365 s.
     "ema_cosine_36k_range11": {**_FAST_EVAL, **_LONG, "training.num_steps": 36000,
                                "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0)},
     # Twice the updates at half the batch, in about the same wall time (the 2 cores train

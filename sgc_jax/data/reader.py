@@ -56,21 +56,18 @@ def load_builder(data_config):
 _IN_MEMORY_BYTES = 1 << 30
 
 
-def _select_arrays(record):
-  return {k: np.asarray(record[k]) for k in ARRAY_FIELDS}
-
-
-def _stack(records_) -> dict:
-  return {k: np.stack([r[k] for r in records_]) for k in ARRAY_FIELDS}
+def _stack(records_, fields=ARRAY_FIELDS) -> dict:
+  """{field: [B, ...] array} of the records' `fields`."""
+  return {k: np.stack([np.asarray(r[k]) for r in records_]) for k in fields}
 
 
 def _batch_reader(shard):
   """A function from [B] positions in `shard` to the batch of their records' arrays."""
-  first = _select_arrays(shard[0])
-  if sum(v.nbytes for v in first.values()) * len(shard) <= _IN_MEMORY_BYTES:
-    arrays = _stack([first] + [_select_arrays(shard[i]) for i in range(1, len(shard))])
+  first = shard[0]
+  if sum(v.nbytes for v in _stack([first]).values()) * len(shard) <= _IN_MEMORY_BYTES:
+    arrays = _stack([first] + [shard[i] for i in range(1, len(shard))])
     return lambda positions: {k: v[positions] for k, v in arrays.items()}
-  return lambda positions: _stack([_select_arrays(shard[int(i)]) for i in positions])
+  return lambda positions: _stack([shard[int(i)] for i in positions])
 
 
 def train_dataset(source, *, batch_size: int, seed: int, shard_index: int = 0,
@@ -109,7 +106,7 @@ def eval_batches(source, *, batch_size: int, shard_index: int = 0, shard_count: 
     rows = [shard[i] for i in range(start, min(start + batch_size, n))]
     n_valid = len(rows)
     rows += [rows[-1]] * (batch_size - n_valid)
-    yield {k: np.stack([np.asarray(r[k]) for r in rows]) for k in fields}, n_valid
+    yield _stack(rows, fields), n_valid
 
 
 def labels_of(source) -> np.ndarray:
