@@ -56,6 +56,11 @@ def validate_config(config, builder=None, *, spec=None):
   _require(weight_decay >= 0.0, "training.weight_decay", f"must be >= 0, got {weight_decay}")
   _require(int(training.get("precise_bn_batches", 0)) >= 0, "training.precise_bn_batches",
            "must be >= 0")
+  # Recomputing the statistics runs the network in training mode, which would drop units
+  # that inference keeps (and needs a dropout key the recomputation does not have).
+  _require(not (training.get("precise_bn_batches", 0) and config.model.name == "unet"
+                and config.model.unet.get("dropout", 0.0)), "training.precise_bn_batches",
+           "cannot be combined with model.unet.dropout > 0")
   _require(0.0 <= training.label_dropout < 1.0, "training.label_dropout", "must be in [0, 1)")
   _require(0.0 < training.eps < 1.0, "training.eps", "must be in (0, 1)")
   _require(training.second_order_weight >= 0.0, "training.second_order_weight",

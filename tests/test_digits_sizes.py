@@ -102,7 +102,7 @@ def test_every_recipe_levers_row_is_its_variant_as_defined_now(recipe_levers):
   row = copy.deepcopy(rows["mlp_6k_wd"])
   row["training"]["weight_decay"], row["model"]["mlp"]["hidden"] = 0.3, 512
   assert recipe_levers.changed_settings("mlp_6k_wd", row) == ["training.weight_decay",
-                                                              "model.mlp"]
+                                                              "model.mlp.hidden"]
 
 
 def test_bilinear_matrix_rows_are_interpolation_weights():

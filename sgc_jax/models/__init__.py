@@ -21,7 +21,7 @@ Model config layout (an `ml_collections.ConfigDict`), one sub-dict per model:
 
     model.name = "unet" | "ddpmpp" | "mlp"
     model.dtype = "float32" | "bfloat16"      # compute dtype
-    model.unet.channels, .embed_dim, .fourier_scale
+    model.unet.channels, .embed_dim, .fourier_scale, .dropout
     model.ddpmpp.ch, .ch_mult, .num_res_blocks, .attn_resolutions, .dropout
     model.mlp.hidden, .depth
     model.class_gaussian = "none" | "full" | "diagonal"   # see class_gaussian.py

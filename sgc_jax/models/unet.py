@@ -60,9 +60,14 @@ _NORM_EPS = 1e-5
 
 
 class DoubleConv(nn.Module):
-  """[3x3 conv (no bias) -> BatchNorm -> ReLU] x 2, as in the reference."""
+  """[3x3 conv (no bias) -> BatchNorm -> ReLU] x 2, as in the reference.
+
+  With `dropout` > 0 (not in the reference), dropout between the two, where
+  DDPM's residual blocks drop, active only in training.
+  """
   features: int
   dtype: layers.Dtype = jnp.float32
+  dropout: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -76,6 +81,8 @@ class DoubleConv(nn.Module):
                        epsilon=_NORM_EPS, dtype=self.dtype,
                        param_dtype=jnp.float32)(x)
       x = nn.relu(x)
+      if i == 0 and self.dropout:
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return x
 
 
@@ -88,12 +95,15 @@ class SeedUNet(nn.Module):
     embed_dim: width of the time/label embedding (even).
     fourier_scale: std of the fixed Fourier frequencies.
     dtype: compute dtype; parameters stay float32, the output is float32.
+    dropout: rate inside every DoubleConv, drawing from the 'dropout' rng when
+      train=True; 0 (the reference) adds no layer.
   """
   num_classes: int
   channels: Sequence[int] = (32, 64, 128, 256, 512)
   embed_dim: int = 256
   fourier_scale: float = 30.0
   dtype: layers.Dtype = jnp.float32
+  dropout: float = 0.0
 
   supports_null_label: ClassVar[bool] = False
 
@@ -106,6 +116,8 @@ class SeedUNet(nn.Module):
     if self.embed_dim < 2 or self.embed_dim % 2:
       raise ValueError(f"embed_dim: must be a positive even int, got "
                        f"{self.embed_dim}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
     super().__post_init__()
 
   def _dense(self, features: int, fan_in: int, name: str) -> nn.Dense:
@@ -154,10 +166,10 @@ class SeedUNet(nn.Module):
     h = x
     for level, features in enumerate(channels):
       if level == 0:
-        h = DoubleConv(features, self.dtype, name="conv1")(h, train)
+        h = DoubleConv(features, self.dtype, self.dropout, name="conv1")(h, train)
       else:
         h = layers.max_pool(h, 2)
-        h = DoubleConv(features, self.dtype, name=f"down{level + 1}")(h, train)
+        h = DoubleConv(features, self.dtype, self.dropout, name=f"down{level + 1}")(h, train)
       groups = _FIRST_LEVEL_GROUPS if level == 0 else _GROUPS
       h = self._norm_act(h, emb, groups, str(level + 1))
       skips.append(h)
@@ -177,7 +189,7 @@ class SeedUNet(nn.Module):
           bias_init=layers.torch_bias_init(up_features * 4),
           dtype=self.dtype, name=f"up{level + 1}_up")(h)
       h = jnp.concatenate([skips.pop(), h], axis=-1)
-      h = DoubleConv(channels[level], self.dtype,
+      h = DoubleConv(channels[level], self.dtype, self.dropout,
                      name=f"up{level + 1}_conv")(h, train)
       h = self._norm_act(h, emb, _GROUPS, str(level + 1), prefix="t_")
 
