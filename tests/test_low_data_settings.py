@@ -30,6 +30,12 @@ def test_cells_of_another_recipe_are_never_extended_by_this_one():
   # The U-Net's cells were made with the network and recipe configs/digits_unet.py still trains.
   assert low_data.differing_settings(study["unet"]["settings"],
                                      _args(model="unet", num_probes=1, weight_decay=0.0)) == []
+  # ... which trained without dropout: a config that now adds it is another network.
+  with_dropout = low_data.network_of("unet")
+  with_dropout["unet"]["dropout"] = 0.1
+  dropout_cells = dict(study["unet"]["settings"], network=with_dropout)
+  assert low_data.differing_settings(dropout_cells, _args(model="unet", num_probes=1,
+                                                          weight_decay=0.0)) == ["network"]
   # The 4-block cells of 6,000 steps differ from the config's by the recipe's length alone,
   # and the file the README's final table quotes holds the config's own cells.
   assert low_data.differing_settings(_study("low_data_seeds_wd02_depth4.json"), _args()) == [

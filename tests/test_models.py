@@ -295,3 +295,30 @@ def test_ddpmpp_dropout_only_in_training():
   np.testing.assert_allclose(apply(model, variables, x, t, y),
                              apply(model.clone(dropout=0.0), variables, x, t, y),
                              rtol=1e-6, atol=1e-6)
+
+
+def test_seed_unet_dropout_only_in_training_and_adds_no_variables():
+  """model.unet.dropout drops inside training only; the variables (and seed imports) stay."""
+  tiny = _tiny("unet")
+  model = tiny.model.clone(dropout=0.5)
+  assert jax.tree.structure(_abstract_variables(model)) == jax.tree.structure(tiny.variables)
+  x, t, y = _inputs()
+  a, b = (tiny.apply(model, tiny.variables, x, t, y, train=True, mutable=("batch_stats",),
+                     rngs={"dropout": jax.random.key(seed, impl="rbg")})[0] for seed in (1, 2))
+  assert not np.allclose(a, b, atol=1e-4)
+  np.testing.assert_array_equal(tiny.apply(model, tiny.variables, x, t, y),
+                                tiny.apply(tiny.model, tiny.variables, x, t, y))
+  with pytest.raises(ValueError, match=r"model\.unet\.dropout: must be in \[0, 1\)"):
+    models.get_model(_config("unet", dropout=1.0), NUM_CLASSES)
+
+
+def test_precise_batch_norm_is_refused_with_seed_unet_dropout():
+  from configs import digits_unet  # pylint: disable=import-outside-toplevel
+  from sgc_jax.config_validation import validate_config  # pylint: disable=import-outside-toplevel
+  config = digits_unet.get_config()
+  config.model.unet.dropout, config.training.precise_bn_batches = 0.1, 4
+  with pytest.raises(ValueError, match=r"training\.precise_bn_batches: cannot be combined with "
+                                       r"model\.unet\.dropout"):
+    validate_config(config)
+  config.training.precise_bn_batches = 0
+  assert validate_config(config).model.unet.dropout == 0.1

@@ -106,10 +106,14 @@ def settings_of(args) -> dict:
 def differing_settings(stored: dict, args) -> list[str]:
   """The settings in which a results file's cells differ from this run's.
 
-  Cells written before weight decay existed recorded none: they trained without it.
+  Cells written before an option existed recorded none: they trained with the value that was
+  then the only one (no weight decay, no U-Net dropout).
   """
   wanted = settings_of(args)
   stored = {"weight_decay": 0.0, **stored}
+  network = stored.get("network")
+  if network and network.get("name") == "unet":
+    stored["network"] = {**network, "unet": {"dropout": 0.0, **network["unet"]}}
   return sorted(k for k in wanted if stored.get(k) != wanted[k])
 
 
