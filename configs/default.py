@@ -23,6 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
   data.range = (0.0, 1.0)         # model-space range of pixel values; the seed uses [0, 1]
   data.num_channels = 1           # stored grey channel replicated to this many (seed: 3)
   data.random_flip = (False, False)  # (horizontal, vertical) flips in training
+  data.random_shift = (0, 1)      # training shifts: (at most, in multiples of) pixels; 0 = none
   data.validation_fraction = 0.1  # of train, held out to fit the calibration temperature
   data.train_per_class = ()       # at most this many training images per class (low-data studies)
   data.subset_seed = 0            # which images those caps keep

@@ -95,7 +95,7 @@ def train_and_evaluate(config, workdir: str, *, mesh=None) -> dict:
                      out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 1))
   def step(params, opt_state, batch, key):
     x = inputs.model_inputs(key, batch["image"], config)
-    x = inputs.random_flips(jax.random.fold_in(key, 1), x, tuple(config.data.random_flip))
+    x = inputs.augment(jax.random.fold_in(key, 1), x, config.data)
 
     def loss_fn(p):
       logits = model.apply({"params": p}, x)

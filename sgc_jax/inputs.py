@@ -1,4 +1,4 @@
-"""Integer records -> model inputs: dequantization, channel layout and training flips.
+"""Integer records -> model inputs: dequantization, channel layout and training augmentation.
 
 Shared by the trainer, the evaluation and the discriminative baseline, so every
 model sees exactly the same inputs.
@@ -34,3 +34,33 @@ def random_flips(key, x, flips):
   if flips[1]:
     x = jnp.where(jax.random.bernoulli(v_key, 0.5, (batch, 1, 1, 1)), x[:, ::-1], x)
   return x
+
+
+def random_shifts(key, x, shift):
+  """Translates each image of x [B,H,W,C] by a random whole number of pixels in each axis.
+
+  `shift` is (at most, in multiples of) pixels; offsets are drawn uniformly from the
+  multiples in [-at most, at most], and the borders are filled by edge replication.
+  Multiples matter for upsampled records: a 2-pixel shift of digits upsampled 2x is a
+  1-pixel shift of the source, one pixel would be an interpolation phase no test image has.
+  """
+  limit, multiple = shift
+  if not limit:
+    return x
+  batch, h, w, _ = x.shape
+  steps = limit // multiple
+  offsets = multiple * jax.random.randint(key, (batch, 2), -steps, steps + 1)
+  padded = jnp.pad(x, ((0, 0), (limit, limit), (limit, limit), (0, 0)), mode="edge")
+
+  def crop(image, offset):
+    return jax.lax.dynamic_slice(image, (limit - offset[0], limit - offset[1], 0),
+                                 (h, w, image.shape[-1]))
+
+  return jax.vmap(crop)(padded, offsets)
+
+
+def augment(key, x, data_config):
+  """The configured training augmentation: random shifts, then random flips."""
+  shift_key, flip_key = jax.random.split(key)
+  x = random_shifts(shift_key, x, tuple(data_config.random_shift))
+  return random_flips(flip_key, x, tuple(data_config.random_flip))

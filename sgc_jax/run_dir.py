@@ -30,6 +30,10 @@ SPEC_FILE = "model_spec.json"
 # Where this machine keeps its records, and a fact validation fills in from the dataset:
 # neither says which model a run trained.
 _MACHINE_FIELDS = ("data.data_dir", "data.num_classes")
+# Options added after runs were saved, with the value every earlier run trained with: a run
+# saved before one of them reads as what it was, so it resumes, scores and passes the same-run
+# check against today's configs.
+_ADDED_LATER = {"data.random_shift": (0, 1), "model.unet.dropout": 0.0}
 
 
 def write_text_atomically(path: str, text: str) -> None:
@@ -79,9 +83,17 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
                             "pass the run's config explicitly (--config)")
   with open(path, encoding="utf-8") as f:
     try:
-      return ml_collections.ConfigDict(_tuples(json.load(f)))
+      saved = _tuples(json.load(f))
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from e
+  for name, value in _ADDED_LATER.items():
+    *blocks, field = name.split(".")
+    block = saved
+    for part in blocks:
+      block = block.get(part) if isinstance(block, dict) else None
+    if isinstance(block, dict):
+      block.setdefault(field, value)
+  return ml_collections.ConfigDict(saved)
 
 
 def _tuples(value):

@@ -26,7 +26,7 @@ from sgc_jax import sde as sde_lib
 from sgc_jax.config_validation import validate_config
 from sgc_jax.data import reader
 from sgc_jax.evaluators import sample_quality
-from sgc_jax.inputs import image_shape, model_inputs, random_flips
+from sgc_jax.inputs import augment, image_shape, model_inputs
 from sgc_jax.models import class_gaussian
 from sgc_jax.train_state import (TrainState, abstract_train_state, create_train_state,
                                  inference_variables, make_optimizer,
@@ -60,8 +60,7 @@ def make_train_step(config, model, tx, sde, schedule):
   def train_step(state: TrainState, batch, base_key):
     key = jax.random.fold_in(base_key, state.step)
     deq_key, flip_key, drop_key, loss_key = jax.random.split(key, 4)
-    x = random_flips(flip_key, model_inputs(deq_key, batch["image"], config),
-                      tuple(config.data.random_flip))
+    x = augment(flip_key, model_inputs(deq_key, batch["image"], config), config.data)
     labels = batch["label"].astype(jnp.int32)
     if training.label_dropout:
       drop = jax.random.bernoulli(drop_key, training.label_dropout, labels.shape)

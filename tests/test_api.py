@@ -1,5 +1,6 @@
 """`sgc_jax.load`: a trained workdir restored from its saved config scores like `sgc-evaluate`."""
 import csv
+import json
 import os
 import shutil
 
@@ -131,6 +132,21 @@ def test_a_run_saved_before_model_specs_reads_its_records(trained, loaded, tmp_p
   copy = str(tmp_path / "old")
   shutil.copytree(trained[1], copy, ignore=shutil.ignore_patterns("eval_*", run_dir.SPEC_FILE))
   assert sgc_jax.load(copy).spec == loaded.spec
+
+
+def test_a_run_saved_before_later_options_reads_as_what_it_trained(trained, loaded, tmp_path):
+  config, workdir = trained
+  copy = str(tmp_path / "before_options")
+  shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval_*"))
+  with open(os.path.join(copy, run_dir.CONFIG_FILE), encoding="utf-8") as f:
+    saved = json.load(f)
+  del saved["data"]["random_shift"], saved["model"]["unet"]["dropout"]
+  with open(os.path.join(copy, run_dir.CONFIG_FILE), "w", encoding="utf-8") as f:
+    json.dump(saved, f)
+  restored = run_dir.read_config(copy)
+  assert tuple(restored.data.random_shift) == (0, 1) and restored.model.unet.dropout == 0.0
+  # Today's config is the same run, so it loads with it.
+  assert sgc_jax.load(copy, config).identity.variables_hash == loaded.identity.variables_hash
 
 
 def test_load_refuses_a_config_of_another_model_naming_the_field(trained, loaded):

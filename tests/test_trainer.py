@@ -146,6 +146,7 @@ def test_non_finite_loss_names_the_step_and_keeps_the_checkpoint(data_dir, tmp_p
     ("model.class_gaussian", "low_rank"), ("model.class_gaussian_shrinkage", -0.1),
     ("eval.resample_probes", True),      # tiny_config: adaptive Tsit5
     ("eval.evaluators", ("class_likelihood", "bogus")),
+    ("data.random_shift", (3, 2)), ("data.random_shift", (1.5, 1)),
 ])
 def test_invalid_config_fails_at_start_naming_the_field(data_dir, field, value):
   config = tiny_config(data_dir)
