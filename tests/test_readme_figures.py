@@ -426,6 +426,21 @@ def test_recipe_levers_table_equals_its_json():
     assert "".join(c for c in cells[2] if c in "†‡§") == mark, what + " host mark"
 
 
+def test_recipe_levers_fit_check_equals_its_json():
+  fit = results("recipe_levers.json")["ema_cosine_28k_range11_fit"]["ode_fit"]
+  text = " ".join(README.split())
+  match = re.search(r"classifies the first (\d+) images it trained on at \*\*([\d.]+)\*\*, the "
+                    r"(\d+) images of the train split it held out for calibration at \*\*([\d.]+)"
+                    r"\*\*.*? log-likelihood of ([\d.]+) nats per dimension against ([\d.]+)", text)
+  assert match, "the fit check's sentence"
+  train, validation = fit["train"], fit["validation"]
+  assert [int(match[1]), int(match[3])] == [train["images"], validation["images"]]
+  assert_cell(match[2], train["accuracy"], "fit train accuracy")
+  assert_cell(match[4], validation["accuracy"], "fit validation accuracy")
+  assert_cell(match[5], -train["nats_per_dim_true_class"], "fit train nats")
+  assert_cell(match[6], -validation["nats_per_dim_true_class"], "fit validation nats")
+
+
 _LOW_DATA_TABLES = [("low_data_seeds.json", "mlp", "MLP, 8×8"),
                     ("low_data_seeds.json", "unet", "seed U-Net, 16×16"),
                     ("low_data_seeds_wd02_depth4.json", "mlp",
