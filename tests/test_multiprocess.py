@@ -99,16 +99,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def job(tmp_path_factory, digits_data_dir):
+def job(tmp_path_factory, digits_data_dir, trained_tiny_digits):
   """(paths, reports of processes 0 and 1) of the module's one two-process job."""
   root = tmp_path_factory.mktemp("job")
   # "tfds": a fresh data dir (not conftest's), so that process 0 builds the records while 1
-  # waits; "evaluated_run": the model one process trains on conftest's records, for the job to
-  # evaluate; "evaluated": the job's evaluation outputs.
+  # waits; "evaluated_run": a copy of conftest's model (one process trained it on conftest's
+  # records), for the job to evaluate; "evaluated": the job's evaluation outputs.
   paths = {name: str(root / name) for name in ("tfds", "run", "evaluated_run", "evaluated",
                                                "scored")}
   config = tiny_split_config(digits_data_dir)
-  trainer.train(config, paths["evaluated_run"])
+  assert config.training.num_steps == trained_tiny_digits[0].training.num_steps
+  shutil.copytree(trained_tiny_digits[1], paths["evaluated_run"],
+                  ignore=shutil.ignore_patterns("eval_*"))
   single = evaluation.evaluate(config, paths["evaluated_run"])["ode"]
   shutil.move(os.path.join(paths["evaluated_run"], "eval_test"), str(root / "evaluated_alone"))
   script = _JOB_WORKER.format(tests=TESTS, root=ROOT, shared_data_dir=digits_data_dir,
