@@ -441,6 +441,25 @@ def test_recipe_levers_fit_check_equals_its_json():
   assert_cell(match[6], -validation["nats_per_dim_true_class"], "fit validation nats")
 
 
+def test_recipe_levers_probe_and_ema_prose_equals_its_json():
+  data = results("recipe_levers.json")
+  text = " ".join(README.split())
+  match = re.search(r"for 2\.5× the scoring time \(([\d.]+) s against ([\d.]+) s for the split\)",
+                    text)
+  assert match, "the probes bullet's scoring times"
+  four, one = (data[name]["ode"]["seconds"] for name in (
+      "ema9995_cosine_28k_range11_4probes", "ema9995_cosine_28k_range11"))
+  assert_cell(match[1], four, "4-probe seconds")
+  assert_cell(match[2], one, "1-probe seconds")
+  assert round(four / one, 1) == 2.5
+  match = re.search(r"On the (\d+) held-out train images both classify ([\d.]+) \(the fit", text)
+  assert match, "the EMA bullet's held-out accuracy"
+  for name in ("ema_cosine_28k_range11_fit", "ema9995_cosine_28k_range11_fit"):
+    validation = data[name]["ode_fit"]["validation"]
+    assert validation["images"] == int(match[1])
+    assert_cell(match[2], validation["accuracy"], name + " validation accuracy")
+
+
 _LOW_DATA_TABLES = [("low_data_seeds.json", "mlp", "MLP, 8×8"),
                     ("low_data_seeds.json", "unet", "seed U-Net, 16×16"),
                     ("low_data_seeds_wd02_depth4.json", "mlp",

@@ -218,7 +218,16 @@ RESCORED = {"b32_cosine_48k_range11_54steps": ("b32_cosine_48k_range11", {"eval.
             "ema9995_cosine_28k_range11_54steps": ("ema9995_cosine_28k_range11",
                                                    {"eval.num_steps": 54}),
             "ema9995_cosine_28k_range11_4probes": ("ema9995_cosine_28k_range11",
-                                                   {"eval.num_probes": 4})}
+                                                   {"eval.num_probes": 4}),
+            # 4 probes lifted it (0.961 -> 0.967): does the probe noise go on costing accuracy?
+            "ema9995_cosine_28k_range11_8probes": ("ema9995_cosine_28k_range11",
+                                                   {"eval.num_probes": 8}),
+            "ema9995_cosine_28k_range11_16probes": ("ema9995_cosine_28k_range11",
+                                                    {"eval.num_probes": 16}),
+            # The same 4 probes on the default recipe's model retrained with the fit check
+            # (ema_cosine_28k_range11_fit, the EPYC host): probes against one model, paired.
+            "ema_cosine_28k_range11_refit_4probes": ("ema_cosine_28k_range11",
+                                                     {"eval.num_probes": 4})}
 # Variants that score another variant's model on the images it trained on (the first 360)
 # and on the held-out validation part of the train split, beside the test split: how far the
 # density fits its own training images better than new ones.
