@@ -22,8 +22,9 @@
 #        a batch sweep, in float32 and in bfloat16 (model.dtype; parameters stay float32);
 #      - scoring images/s for 2 classes with the configs' default scorer (configs/default.py:
 #        expint3, 27 log-SNR steps, 1 fresh Rademacher probe per step) over a batch sweep, in
-#        float32 and bfloat16, and with the seed's Dopri5 at rtol = atol = 1e-5 (digits_unet:
-#        its config's own Dopri5 1e-4); network passes per solve;
+#        float32 and bfloat16, with the seed's Dopri5 at rtol = atol = 1e-5, and with
+#        configs/digits_unet.py's own eval block (4 fresh probes per step); network passes
+#        per solve;
 #      - bfloat16's effect on log p: mean and max |log p_bf16 - log p_f32| (nats, and bits/dim)
 #        on the same images and probes, and whether the argmax class agrees.
 #    Weights are random (timing only): the log p figures measure arithmetic, not a model.
@@ -175,13 +176,18 @@ def measure_child(spec, deadline, emit):
     seed = dict(solver="dopri5", adaptive=True, rtol=1e-5, atol=1e-5, eps=1e-5,
                 divergence="hutchinson", probe="gaussian")
     dv = digits_unet.get_config().eval
-    own = dict(solver=dv.solver, adaptive=dv.adaptive, rtol=dv.rtol, atol=dv.atol, eps=dv.eps,
-               divergence=dv.divergence, probe=dv.probe, num_probes=dv.num_probes,
-               resample_probes=dv.resample_probes)
+    own = dict(solver=dv.solver, adaptive=dv.adaptive, num_steps=dv.num_steps, grid=dv.grid,
+               rtol=dv.rtol, atol=dv.atol, eps=dv.eps, divergence=dv.divergence, probe=dv.probe,
+               num_probes=dv.num_probes, resample_probes=dv.resample_probes)
+    own_steps = (f"rtol=atol={dv.rtol:g}" if dv.adaptive
+                 else f"{dv.num_steps} {dv.grid} steps")
     names = {"default": f"{ev.solver} {ev.num_steps} {ev.grid} steps, {ev.num_probes} fresh "
                         f"{ev.probe} probe(s) per step (configs/default.py)",
              "seed_dopri5": "dopri5 rtol=atol=1e-5, 1 gaussian probe (the seed's)",
-             "config": f"{dv.solver} rtol=atol={dv.rtol:g}, {dv.num_probes} {dv.probe} probe "
+             "config": f"{dv.solver} {own_steps}, {dv.num_probes} fresh {dv.probe} probe(s) "
+                       f"per step (configs/digits_unet.py)"
+                       if dv.resample_probes else
+                       f"{dv.solver} {own_steps}, {dv.num_probes} {dv.probe} probe(s) "
                        f"(configs/digits_unet.py)"}
     settings = {"default": default, "seed_dopri5": seed, "config": own}
     if SMOKE:  # seconds on a CPU: 2 fixed steps, tolerances 1e-2
