@@ -37,11 +37,11 @@ def validate_config(config, builder=None, *, spec=None):
   _require(hi > lo, "data.range", f"expects (low, high) with high > low, got {tuple(data.range)}")
   _require(data.num_channels >= 1, "data.num_channels", f"must be >= 1, got {data.num_channels}")
   _require(len(data.random_flip) == 2, "data.random_flip", "expects (horizontal, vertical)")
-  shift = tuple(data.get("random_shift", (0, 1)))
+  shift = tuple(data.random_shift)
   _require(len(shift) == 2 and all(isinstance(v, int) for v in shift) and shift[0] >= 0
            and shift[1] >= 1 and shift[0] % shift[1] == 0, "data.random_shift",
-           f"expects (at most, in multiples of) whole pixels, at most a multiple >= 0 of a "
-           f"multiple >= 1, got {shift}")
+           f"expects (at most, in multiples of) whole pixels: a multiple >= 1 and a limit >= 0 "
+           f"that it divides, got {shift}")
   _require(0.0 <= data.validation_fraction < 1.0, "data.validation_fraction",
            f"must be in [0, 1), got {data.validation_fraction}")
   _one_of(config.sde.name.lower(), sde_lib.SDES, "sde.name")

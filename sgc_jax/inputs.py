@@ -60,7 +60,10 @@ def random_shifts(key, x, shift):
 
 
 def augment(key, x, data_config):
-  """The configured training augmentation: random shifts, then random flips."""
-  shift_key, flip_key = jax.random.split(key)
-  x = random_shifts(shift_key, x, tuple(data_config.random_shift))
-  return random_flips(flip_key, x, tuple(data_config.random_flip))
+  """The configured training augmentation: random shifts, then random flips.
+
+  The flips draw from `key` itself, as before shifts existed, so a run with flips and
+  no shifts sees the flips it saw then.
+  """
+  x = random_shifts(jax.random.fold_in(key, 1), x, tuple(data_config.random_shift))
+  return random_flips(key, x, tuple(data_config.random_flip))

@@ -59,8 +59,8 @@ def make_train_step(config, model, tx, sde, schedule):
 
   def train_step(state: TrainState, batch, base_key):
     key = jax.random.fold_in(base_key, state.step)
-    deq_key, flip_key, drop_key, loss_key = jax.random.split(key, 4)
-    x = augment(flip_key, model_inputs(deq_key, batch["image"], config), config.data)
+    deq_key, augment_key, drop_key, loss_key = jax.random.split(key, 4)
+    x = augment(augment_key, model_inputs(deq_key, batch["image"], config), config.data)
     labels = batch["label"].astype(jnp.int32)
     if training.label_dropout:
       drop = jax.random.bernoulli(drop_key, training.label_dropout, labels.shape)
