@@ -86,6 +86,12 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       saved = _tuples(json.load(f))
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from e
+  return ml_collections.ConfigDict(with_added_options(saved))
+
+
+def with_added_options(saved: dict) -> dict:
+  """`saved` (a config as nested dicts, or any part of one under its block names) with the
+  options added after it was written set to the value every earlier run trained with."""
   for name, value in _ADDED_LATER.items():
     *blocks, field = name.split(".")
     block = saved
@@ -93,7 +99,7 @@ def read_config(workdir: str) -> ml_collections.ConfigDict:
       block = block.get(part) if isinstance(block, dict) else None
     if isinstance(block, dict):
       block.setdefault(field, value)
-  return ml_collections.ConfigDict(saved)
+  return saved
 
 
 def _tuples(value):

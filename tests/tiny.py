@@ -53,10 +53,10 @@ def tiny_bound_config(config):
   return config
 
 
-def tiny_split_config(data_dir: str, *, steps: int = 20):
-  """The tiny run (conftest's `trained_tiny_digits` by default) evaluated on 11 test images
-  (an odd count: 2 processes get 6 and 5)."""
-  config = tiny_config(data_dir, steps=steps)
+def tiny_split_config(data_dir: str):
+  """conftest's `trained_tiny_digits` run (20 steps) evaluated on 11 test images (an odd
+  count: 2 processes get 6 and 5)."""
+  config = tiny_config(data_dir, steps=20)
   config.eval.max_examples = 11
   config.eval.num_samples = 0             # samples are not what these tests are about
   return config

@@ -184,11 +184,9 @@ def measure_child(spec, deadline, emit):
     names = {"default": f"{ev.solver} {ev.num_steps} {ev.grid} steps, {ev.num_probes} fresh "
                         f"{ev.probe} probe(s) per step (configs/default.py)",
              "seed_dopri5": "dopri5 rtol=atol=1e-5, 1 gaussian probe (the seed's)",
-             "config": f"{dv.solver} {own_steps}, {dv.num_probes} fresh {dv.probe} probe(s) "
-                       f"per step (configs/digits_unet.py)"
-                       if dv.resample_probes else
-                       f"{dv.solver} {own_steps}, {dv.num_probes} {dv.probe} probe(s) "
-                       f"(configs/digits_unet.py)"}
+             "config": f"{dv.solver} {own_steps}, {dv.num_probes} "
+                       f"{'fresh ' if dv.resample_probes else ''}{dv.probe} probe(s)"
+                       f"{' per step' if dv.resample_probes else ''} (configs/digits_unet.py)"}
     settings = {"default": default, "seed_dopri5": seed, "config": own}
     if SMOKE:  # seconds on a CPU: 2 fixed steps, tolerances 1e-2
       settings = {k: (dict(v, num_steps=2) if not v["adaptive"] else dict(v, rtol=1e-2, atol=1e-2))

@@ -34,6 +34,7 @@ changes the numbers; a rerun with other settings into the same file is
 refused, naming them.
 """
 import argparse
+import copy
 import json
 import os
 import sys
@@ -46,7 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from configs import digits, digits_unet  # pylint: disable=wrong-import-position
 # pylint: disable=wrong-import-position
-from sgc_jax import baseline, evaluation, provenance, train_state, trainer
+from sgc_jax import baseline, evaluation, provenance, run_dir, train_state, trainer
 from sgc_jax.data import reader  # pylint: disable=wrong-import-position
 
 _KEYS = ("accuracy", "balanced_accuracy", "auc", "per_class_sensitivity")
@@ -107,13 +108,13 @@ def differing_settings(stored: dict, args) -> list[str]:
   """The settings in which a results file's cells differ from this run's.
 
   Cells written before an option existed recorded none: they trained with the value that was
-  then the only one (no weight decay, no U-Net dropout).
+  then the only one (no weight decay; the network's later options as run directories read
+  them, `run_dir.with_added_options`).
   """
   wanted = settings_of(args)
-  stored = {"weight_decay": 0.0, **stored}
-  network = stored.get("network")
-  if network and network.get("name") == "unet":
-    stored["network"] = {**network, "unet": {"dropout": 0.0, **network["unet"]}}
+  stored = {"weight_decay": 0.0, **copy.deepcopy(stored)}
+  if "network" in stored:
+    stored["network"] = run_dir.with_added_options({"model": stored["network"]})["model"]
   return sorted(k for k in wanted if stored.get(k) != wanted[k])
 
 
