@@ -38,7 +38,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = model = ml_collections.ConfigDict()
   model.name = "unet"
   model.dtype = "float32"
-  model.unet = ml_collections.ConfigDict({"channels": (32, 64, 128, 256, 512), "dropout": 0.0})
+  model.unet = ml_collections.ConfigDict({"channels": (32, 64, 128, 256, 512), "dropout": 0.0,
+                                            "norm": "batch"})
   model.ddpmpp = ml_collections.ConfigDict({
       "ch": 64, "ch_mult": (1, 2, 2, 2), "num_res_blocks": 2,
       "attn_resolutions": (16,), "dropout": 0.1})

@@ -8,7 +8,7 @@ from sgc_jax.scorer import ESTIMATORS
 from sgc_jax import sde as sde_lib
 from sgc_jax import exponential_integrator, solvers
 from sgc_jax.likelihood import DIVERGENCES, PROBES
-from sgc_jax.models import class_gaussian
+from sgc_jax.models import class_gaussian, unet
 from sgc_jax.sampling import METHODS as SAMPLERS
 
 LR_SCHEDULES = ("constant", "step", "cosine")
@@ -66,6 +66,11 @@ def validate_config(config, builder=None, *, spec=None):
   _require(not (training.get("precise_bn_batches", 0) and config.model.name == "unet"
                 and config.model.unet.get("dropout", 0.0)), "training.precise_bn_batches",
            "cannot be combined with model.unet.dropout > 0")
+  if config.model.name == "unet":
+    norm = config.model.unet.get("norm", "batch")
+    _one_of(norm, unet.NORMS, "model.unet.norm")
+    _require(not (training.get("precise_bn_batches", 0) and norm != "batch"),
+             "training.precise_bn_batches", f"has no BatchNorm to recompute with model.unet.norm = {norm!r}")
   _require(0.0 <= training.label_dropout < 1.0, "training.label_dropout", "must be in [0, 1)")
   _require(0.0 < training.eps < 1.0, "training.eps", "must be in (0, 1)")
   _require(training.second_order_weight >= 0.0, "training.second_order_weight",

@@ -33,7 +33,8 @@ _MACHINE_FIELDS = ("data.data_dir", "data.num_classes")
 # Options added after runs were saved, with the value every earlier run trained with: a run
 # saved before one of them reads as what it was, so it resumes, scores and passes the same-run
 # check against today's configs.
-_ADDED_LATER = {"data.random_shift": (0, 1), "model.unet.dropout": 0.0}
+_ADDED_LATER = {"data.random_shift": (0, 1), "model.unet.dropout": 0.0,
+                "model.unet.norm": "batch"}
 
 
 def write_text_atomically(path: str, text: str) -> None:

@@ -212,6 +212,8 @@ def _check_config(config, arch: Mapping[str, Any]) -> None:
   if channels != arch["channels"]:
     raise mismatch("model.unet.channels", channels, arch["channels"],
                    ",".join(map(str, arch["channels"])))
+  if unet["norm"] != "batch":
+    raise mismatch("model.unet.norm", unet["norm"], "batch", "batch")
   if unet["embed_dim"] != arch["embed_dim"]:
     raise ValueError(f"model.unet.embed_dim: the config has {unet['embed_dim']} but the "
                      f"checkpoint's network has {arch['embed_dim']}; set "

@@ -140,11 +140,12 @@ def test_a_run_saved_before_later_options_reads_as_what_it_trained(trained, load
   shutil.copytree(workdir, copy, ignore=shutil.ignore_patterns("eval_*"))
   with open(os.path.join(copy, run_dir.CONFIG_FILE), encoding="utf-8") as f:
     saved = json.load(f)
-  del saved["data"]["random_shift"], saved["model"]["unet"]["dropout"]
+  del saved["data"]["random_shift"], saved["model"]["unet"]["dropout"], saved["model"]["unet"]["norm"]
   with open(os.path.join(copy, run_dir.CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(saved, f)
   restored = run_dir.read_config(copy)
   assert tuple(restored.data.random_shift) == (0, 1) and restored.model.unet.dropout == 0.0
+  assert restored.model.unet.norm == "batch"
   # Today's config is the same run, so it loads with it.
   assert sgc_jax.load(copy, config).identity.variables_hash == loaded.identity.variables_hash
 

@@ -322,3 +322,35 @@ def test_precise_batch_norm_is_refused_with_seed_unet_dropout():
     validate_config(config)
   config.training.precise_bn_batches = 0
   assert validate_config(config).model.unet.dropout == 0.1
+
+
+def test_seed_unet_group_norm_is_one_function_of_each_image():
+  """model.unet.norm = "group": no batch statistics, so training and scoring run the same
+  per-image function, where BatchNorm's training output depends on the batch-mates."""
+  tiny = _tiny("unet")
+  model = models.get_model(_config("unet", norm="group"), NUM_CLASSES)
+  variables = _host_variables(model)
+  assert "batch_stats" not in variables and "batch_stats" in tiny.variables
+  x, t, y = _inputs()
+  x_other = x.at[1:].set(3.0 * _inputs(seed=9)[0][1:] + 1.0)
+  train, train_other, scored = (tiny.apply(model, variables, inputs, t, y, train=train)
+                                for inputs, train in ((x, True), (x_other, True), (x, False)))
+  np.testing.assert_allclose(train[0], train_other[0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_array_equal(train, scored)
+  assert not np.allclose(scored, tiny.apply(tiny.model, tiny.variables, x, t, y), atol=1e-3)
+  with pytest.raises(ValueError, match=r"model\.unet\.norm: expected a string"):
+    models.get_model(_config("unet", norm=1), NUM_CLASSES)
+  with pytest.raises(ValueError, match="norm: unknown 'layer'"):
+    models.get_model(_config("unet", norm="layer"), NUM_CLASSES)
+
+
+def test_precise_batch_norm_is_refused_without_batch_norm():
+  from configs import digits_unet  # pylint: disable=import-outside-toplevel
+  from sgc_jax.config_validation import validate_config  # pylint: disable=import-outside-toplevel
+  config = digits_unet.get_config()
+  config.model.unet.norm, config.training.precise_bn_batches = "group", 4
+  with pytest.raises(ValueError, match=r"training\.precise_bn_batches: has no BatchNorm"):
+    validate_config(config)
+  config.model.unet.norm = "instance"
+  with pytest.raises(ValueError, match=r"model\.unet\.norm"):
+    validate_config(config)

@@ -21,7 +21,7 @@ Model config layout (an `ml_collections.ConfigDict`), one sub-dict per model:
 
     model.name = "unet" | "ddpmpp" | "mlp"
     model.dtype = "float32" | "bfloat16"      # compute dtype
-    model.unet.channels, .embed_dim, .fourier_scale, .dropout
+    model.unet.channels, .embed_dim, .fourier_scale, .dropout, .norm
     model.ddpmpp.ch, .ch_mult, .num_res_blocks, .attn_resolutions, .dropout
     model.mlp.hidden, .depth
     model.class_gaussian = "none" | "full" | "diagonal"   # see class_gaussian.py
@@ -89,6 +89,10 @@ def _coerce(where: str, value: Any, default: Any) -> Any:
     if not (is_int(value) or isinstance(value, float)):
       raise ValueError(f"{where}: expected a number, got {value!r}")
     return float(value)
+  if isinstance(default, str):
+    if not isinstance(value, str):
+      raise ValueError(f"{where}: expected a string, got {value!r}")
+    return value
   # Only reached if a model gains a field of a new type: extend the above.
   raise TypeError(f"{where}: no config coercion for {type(default).__name__} "
                   "fields")

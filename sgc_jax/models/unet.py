@@ -33,7 +33,9 @@ Differences, all deliberate:
   divides by sigma(t) inside `forward`, here the caller does
   (`sgc_jax.models.make_score_fn`), so models know nothing about SDEs;
 - BatchNorm follows `train` (batch statistics when training, running averages
-  otherwise); the reference demo never switched to eval mode. Flax updates the
+  otherwise); the reference demo never switched to eval mode. `norm="group"`
+  (not in the reference) puts a GroupNorm in each BatchNorm's place, so that an
+  image's output never depends on its batch-mates or on running averages. Flax updates the
   running variance with the biased batch variance, PyTorch with the unbiased
   one (a factor n/(n-1) with n = B*H*W, negligible at these sizes);
 - inputs must have H and W divisible by 2**(len(channels)-1); the reference
@@ -59,15 +61,22 @@ _GROUPS = 32
 _NORM_EPS = 1e-5
 
 
+NORMS = ("batch", "group")
+
+
 class DoubleConv(nn.Module):
   """[3x3 conv (no bias) -> BatchNorm -> ReLU] x 2, as in the reference.
 
   With `dropout` > 0 (not in the reference), dropout between the two, where
-  DDPM's residual blocks drop, active only in training.
+  DDPM's residual blocks drop, active only in training. With `norm="group"`
+  (not in the reference), GroupNorm with the block's group count instead of
+  BatchNorm.
   """
   features: int
   dtype: layers.Dtype = jnp.float32
   dropout: float = 0.0
+  norm: str = "batch"
+  groups: int = _GROUPS
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
@@ -76,10 +85,15 @@ class DoubleConv(nn.Module):
       x = layers.Conv(self.features, 3, use_bias=False,
                       kernel_init=layers.torch_kernel_init(), dtype=self.dtype,
                       name=f"Conv_{i}")(x)
-      # PyTorch momentum 0.1 on the new value == Flax momentum 0.9 on the old.
-      x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
-                       epsilon=_NORM_EPS, dtype=self.dtype,
-                       param_dtype=jnp.float32)(x)
+      if self.norm == "group":
+        x = nn.GroupNorm(layers.num_groups(self.features, self.groups), epsilon=_NORM_EPS,
+                         use_fast_variance=False, dtype=self.dtype,
+                         param_dtype=jnp.float32, name=f"GroupNorm_{i}")(x)
+      else:
+        # PyTorch momentum 0.1 on the new value == Flax momentum 0.9 on the old.
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9,
+                         epsilon=_NORM_EPS, dtype=self.dtype,
+                         param_dtype=jnp.float32)(x)
       x = nn.relu(x)
       if i == 0 and self.dropout:
         x = nn.Dropout(self.dropout, deterministic=not train)(x)
@@ -97,6 +111,8 @@ class SeedUNet(nn.Module):
     dtype: compute dtype; parameters stay float32, the output is float32.
     dropout: rate inside every DoubleConv, drawing from the 'dropout' rng when
       train=True; 0 (the reference) adds no layer.
+    norm: the DoubleConvs' normalisation, "batch" (the reference) or "group"
+      (GroupNorm with the group count of the GroupNorm that follows the block).
   """
   num_classes: int
   channels: Sequence[int] = (32, 64, 128, 256, 512)
@@ -104,6 +120,7 @@ class SeedUNet(nn.Module):
   fourier_scale: float = 30.0
   dtype: layers.Dtype = jnp.float32
   dropout: float = 0.0
+  norm: str = "batch"
 
   supports_null_label: ClassVar[bool] = False
 
@@ -118,6 +135,8 @@ class SeedUNet(nn.Module):
                        f"{self.embed_dim}")
     if not 0.0 <= self.dropout < 1.0:
       raise ValueError(f"dropout: must be in [0, 1), got {self.dropout}")
+    if self.norm not in NORMS:
+      raise ValueError(f"norm: unknown {self.norm!r}; choose one of {NORMS}")
     super().__post_init__()
 
   def _dense(self, features: int, fan_in: int, name: str) -> nn.Dense:
@@ -165,12 +184,13 @@ class SeedUNet(nn.Module):
     skips = []
     h = x
     for level, features in enumerate(channels):
+      groups = _FIRST_LEVEL_GROUPS if level == 0 else _GROUPS
       if level == 0:
-        h = DoubleConv(features, self.dtype, self.dropout, name="conv1")(h, train)
+        h = DoubleConv(features, self.dtype, self.dropout, self.norm, groups, name="conv1")(h, train)
       else:
         h = layers.max_pool(h, 2)
-        h = DoubleConv(features, self.dtype, self.dropout, name=f"down{level + 1}")(h, train)
-      groups = _FIRST_LEVEL_GROUPS if level == 0 else _GROUPS
+        h = DoubleConv(features, self.dtype, self.dropout, self.norm, groups,
+                       name=f"down{level + 1}")(h, train)
       h = self._norm_act(h, emb, groups, str(level + 1))
       skips.append(h)
 
@@ -189,7 +209,7 @@ class SeedUNet(nn.Module):
           bias_init=layers.torch_bias_init(up_features * 4),
           dtype=self.dtype, name=f"up{level + 1}_up")(h)
       h = jnp.concatenate([skips.pop(), h], axis=-1)
-      h = DoubleConv(channels[level], self.dtype, self.dropout,
+      h = DoubleConv(channels[level], self.dtype, self.dropout, self.norm,
                      name=f"up{level + 1}_conv")(h, train)
       h = self._norm_act(h, emb, _GROUPS, str(level + 1), prefix="t_")
 
