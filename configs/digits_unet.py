@@ -10,20 +10,17 @@ about 227 k parameters, one grey channel, no flips), with
 
   ""      the measured recipe: 28,000 steps of batch 64 (1,386 epochs of the
           1,293 training images), cosine schedule from 1e-3 after 200 warm-up
-          steps, EMA 0.999, data in [-1, 1], GroupNorm instead of the seed's
-          BatchNorm inside the DoubleConvs, scored with 4 fresh probes per
+          steps, EMA 0.999, data in [-1, 1], scored with 4 fresh probes per
           step. Expected (tools/recipe_levers.py, variant
-          gn_cosine_28k_range11_4probes, tools/results/recipe_levers.json):
-          exact-ODE accuracy 0.978 on the whole 360-image test split (0.972
-          with one probe on the same model; with BatchNorm 0.964 and 0.956,
-          ema_cosine_28k_range11_refit_4probes; 8,000 steps of the BatchNorm
-          recipe gave 0.889, 16,000 0.933); 14 to 29 minutes of training on
-          the 2-core CPU, by host (GroupNorm's step costs what BatchNorm's
-          does: tools/results/step_speed.json), about 2 minutes of scoring.
-          On 32x32 digits (`--config.data.builder_config=32x32`) the BatchNorm
-          recipe gave 0.894 (variant ema_cosine_28k_range11_32px; target
-          0.95, not reached) in 94 minutes of training; GroupNorm was not
-          trained at 32x32.
+          ema_cosine_28k_range11_refit_4probes, tools/results/recipe_levers.json):
+          exact-ODE accuracy 0.964 on the whole 360-image test split (0.956
+          with one probe on the same model, 0.958 on the recipe's first
+          training; the target, 0.97, is not reached; 8,000 steps gave 0.889,
+          16,000 0.933); 14 to 21 minutes of training on the 2-core CPU, about
+          2 minutes of scoring. On 32x32 digits
+          (`--config.data.builder_config=32x32`) the same recipe gave 0.894
+          (variant ema_cosine_28k_range11_32px; target 0.95, not reached) in
+          94 minutes of training.
   "seed"  the seed's recipe: 2,000 steps of batch 32 (50 epochs), learning rate
           1e-3 (1e-4 in the seed) x0.2 every 20 epochs, no EMA, data in [0, 1].
           Measured 0.567 on the whole test split with the scorer below
@@ -32,8 +29,7 @@ about 227 k parameters, one grey channel, no flips), with
 
 Both score with the project's fast default (expint3, 27 log-SNR steps,
 Rademacher probes drawn afresh at every step): 4 probes for the measured recipe
-(one model scored both ways: 0.972 with 1, 0.978 with 4; BatchNorm models
-0.956 with 1, 0.964 with 4, and the EMA-0.9995 model
+(one model scored both ways: 0.956 with 1, 0.964 with 4; the EMA-0.9995 model
 0.961, 0.967, 0.967 and 0.967 with 1, 4, 8 and 16), one for "seed". The seed's scorer, adaptive
 Dopri5 with one fixed Gaussian probe: `--config.eval.solver=dopri5
 --config.eval.adaptive=True --config.eval.probe=gaussian

@@ -8,20 +8,18 @@ Two recipes, chosen by the config argument (`--config configs/cbis_ddsm.py` or
           (tools/recipe_levers.py, README "What makes the seed U-Net classify"):
           28x the seed's epochs, batch 64, cosine schedule with a warm-up, EMA
           0.999 with a warm-up, data in [-1, 1] instead of [0, 1], one grey
-          channel instead of three identical ones, GroupNorm instead of
-          BatchNorm inside the DoubleConvs (model.unet.norm = "group"); scored
-          with 4 probes per step instead of one. Exact-ODE accuracy on the
-          whole digits test split 0.978 with 4 probes and 0.972 with one
-          (recipe_levers gn_cosine_28k_range11), against 0.964 and 0.956 for
-          the same recipe with the seed's BatchNorm (0.958 on its first
-          training; 0.889 at 8x the epochs, 0.933 at 16x; at 8x: 0.864 with
-          the data in [0, 1], 0.622 with three channels) and the seed
-          recipe's 0.567 with one probe. Besides the norm, training length
-          was the lever that kept paying (none of
+          channel instead of three identical ones; scored with 4 probes per
+          step instead of one. Same network, exact-ODE accuracy on the whole
+          digits test split 0.964 with 4 probes, 0.956 with one on the same
+          model and 0.958 on the recipe's first training (0.889 at 8x the
+          epochs, 0.933 at 16x; at 8x: 0.864 with the data in [0, 1], 0.622
+          with three channels) against the seed recipe's 0.567 with one
+          probe. Training length was the lever that kept paying (none of
           importance-sampled likelihood weighting, recomputed BatchNorm
           statistics, second-order score matching, half the batch for twice
           the updates, weight decay 0.05, which lifted the demo's MLP,
-          dropout 0.1 or random 2-pixel shifts helped). The factor was measured on 1,293 images; a larger archive
+          dropout 0.1, random 2-pixel shifts, or GroupNorm in BatchNorm's place,
+          0.978 at one seed and 0.950 at another, helped). The factor was measured on 1,293 images; a larger archive
           likely needs fewer epochs for the same fit: --config.training.num_steps
           sets the length.
   "seed"  Sarker et al. (ISBI 2025), released code, literally: 384x384 inputs
@@ -110,12 +108,6 @@ def recipe_config(dataset: str, builder_config: str, num_train_images: int, epoc
   # the flow must contract to nothing: measured 0.864 -> 0.622 on digits with three. The
   # network is the seed's at 1 input channel (its weights import only into ":seed").
   config.data.num_channels = 1
-  # GroupNorm in the DoubleConvs instead of BatchNorm: with BatchNorm an image's training
-  # output depends on its batch-mates' noise levels and scoring runs the running averages, a
-  # second function; GroupNorm is one function of (x, t, y). Measured on digits at the same
-  # 28,000 steps: 0.978 with 4 probes against 0.964 (recipe_levers gn_cosine_28k_range11).
-  # The seed's weights have BatchNorm: they import into ":seed" only.
-  config.model.unet.norm = "group"
   # Paired on one trained model, 4 fresh probes per step classified 0.964 against 0.956 with
   # one (recipe_levers ema_cosine_28k_range11_refit_4probes; the EMA-0.9995 model 0.967
   # against 0.961, and 8 or 16 probes no more than 4), for 2.5x the scoring time.

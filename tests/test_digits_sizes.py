@@ -80,7 +80,7 @@ def test_digits_unet_config_fits_the_16x16_records(built):
 
 
 @pytest.mark.parametrize("get_config,variant", [(digits_unet.get_config,
-                                                 "gn_cosine_28k_range11_4probes"),
+                                                 "ema_cosine_28k_range11_refit_4probes"),
                                                 (digits_config.get_config, "mlp_12k_wd02_deep")])
 def test_shipped_default_recipe_is_the_measured_variant(get_config, variant, recipe_levers):
   """configs/digits_unet.py's and configs/digits.py's defaults are the recipe_levers rows the

@@ -27,19 +27,22 @@ def test_cells_of_another_recipe_are_never_extended_by_this_one():
   assert low_data.differing_settings(stored, _args(weight_decay=0.0)) == ["network", "recipe"]
   assert low_data.differing_settings(stored, _args(weight_decay=0.0, num_probes=1)) == [
       "network", "num_probes", "recipe"]
-  # The U-Net's cells were made with BatchNorm (written before model.unet.norm existed), and
-  # configs/digits_unet.py now trains GroupNorm: another network, refused; in all else (the
-  # recipe, the rest of the network) they are the config's cells.
-  unet_args = _args(model="unet", num_probes=1, weight_decay=0.0)
-  stored_unet = study["unet"]["settings"]
-  assert "norm" not in stored_unet["network"]["unet"]
-  assert low_data.differing_settings(stored_unet, unet_args) == ["network"]
-  group_norm = dict(stored_unet, network=low_data.network_of("unet"))
-  assert group_norm["network"]["unet"]["norm"] == "group"
-  assert low_data.differing_settings(group_norm, unet_args) == []
-  # A config that adds dropout is another network too.
-  group_norm["network"]["unet"]["dropout"] = 0.1
-  assert low_data.differing_settings(group_norm, unet_args) == ["network"]
+  # The U-Net's cells were made with the network and recipe configs/digits_unet.py still trains.
+  assert low_data.differing_settings(study["unet"]["settings"],
+                                     _args(model="unet", num_probes=1, weight_decay=0.0)) == []
+  # ... which trained without dropout: a config that now adds it is another network.
+  with_dropout = low_data.network_of("unet")
+  with_dropout["unet"]["dropout"] = 0.1
+  dropout_cells = dict(study["unet"]["settings"], network=with_dropout)
+  assert low_data.differing_settings(dropout_cells, _args(model="unet", num_probes=1,
+                                                          weight_decay=0.0)) == ["network"]
+  # ... and with BatchNorm (written before model.unet.norm existed): GroupNorm is another one.
+  assert "norm" not in study["unet"]["settings"]["network"]["unet"]
+  with_group_norm = low_data.network_of("unet")
+  with_group_norm["unet"]["norm"] = "group"
+  assert low_data.differing_settings(dict(study["unet"]["settings"], network=with_group_norm),
+                                     _args(model="unet", num_probes=1,
+                                           weight_decay=0.0)) == ["network"]
   # The 4-block cells of 6,000 steps differ from the config's by the recipe's length alone,
   # and the file the README's final table quotes holds the config's own cells.
   assert low_data.differing_settings(_study("low_data_seeds_wd02_depth4.json"), _args()) == [

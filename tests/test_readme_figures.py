@@ -460,6 +460,79 @@ def test_recipe_levers_probe_and_ema_prose_equals_its_json():
     assert_cell(match[2], validation["accuracy"], name + " validation accuracy")
 
 
+def test_recipe_levers_group_norm_prose_equals_its_json(recipe_levers):
+  data = results("recipe_levers.json")
+  text = README_ONE_LINE
+  match = re.search(r"the same 28,000 steps classify \*\*([\d.]+)\*\* with one probe and "
+                    r"\*\*([\d.]+)\*\* with 4 \(`gn_cosine_28k_range11`\), against ([\d.]+) and "
+                    r"([\d.]+) for the BatchNorm recipe's EPYC retrain and ([\d.]+) and ([\d.]+) for "
+                    r"the EMA-0\.9995 model; a second seed classifies ([\d.]+) and \*\*([\d.]+)\*\*",
+                    text)
+  assert match, "the GroupNorm bullet's accuracies"
+  for printed, name in zip(match.groups(), (
+      "gn_cosine_28k_range11", "gn_cosine_28k_range11_4probes", "ema_cosine_28k_range11_fit",
+      "ema_cosine_28k_range11_refit_4probes", "ema9995_cosine_28k_range11",
+      "ema9995_cosine_28k_range11_4probes", "gn_cosine_28k_range11_seed1",
+      "gn_cosine_28k_range11_seed1_4probes")):
+    assert_printed(printed, data[name]["ode"]["accuracy"], name)
+  assert recipe_levers.seed_of(data["gn_cosine_28k_range11_seed1"]) == 1
+  match = re.search(r"the spread between trainings \(([\d.]+)–([\d.]+) with GroupNorm, one probe or "
+                    r"four; ([\d.]+)–([\d.]+) over the three trainings of the BatchNorm recipe, on "
+                    r"three hosts\)", text)
+  assert match, "the GroupNorm bullet's spreads"
+  group = [data[name]["ode"]["accuracy"] for name in data if name.startswith("gn_cosine_28k")]
+  batch = {name: data[name] for name in ("ema_cosine_28k_range11", "ema_cosine_28k_range11_fit",
+                                         "ema_cosine_28k_range11_4probes")}
+  assert len({json.dumps(run.get("machine")) for run in batch.values()}) == 3   # three hosts
+  batch_accuracies = [run["ode"]["accuracy"] for run in batch.values()]
+  for printed, value in zip(match.groups(), (min(group), max(group), min(batch_accuracies),
+                                             max(batch_accuracies))):
+    assert_printed(printed, value, "training spread")
+  match = re.search(r"On the (\d+) held-out train images it classifies ([\d.]+) \((\d+) images\), "
+                    r"the two BatchNorm models ([\d.]+) \((\d+)\)", text)
+  assert match, "the GroupNorm bullet's held-out accuracies"
+  gn = data["gn_cosine_28k_range11_fit"]["ode_fit"]
+  assert int(match[1]) == gn["validation"]["images"]
+  assert_printed(match[2], gn["validation"]["accuracy"], "GroupNorm validation accuracy")
+  assert int(match[3]) == round(gn["validation"]["accuracy"] * gn["validation"]["images"])
+  for name in ("ema_cosine_28k_range11_fit", "ema9995_cosine_28k_range11_fit"):
+    validation = data[name]["ode_fit"]["validation"]
+    assert_printed(match[4], validation["accuracy"], name + " validation accuracy")
+    assert int(match[5]) == round(validation["accuracy"] * validation["images"])
+  match = re.search(r"a log-likelihood of ([\d.]+) nats per dimension on its first (\d+) training "
+                    r"images and ([\d.]+) on the held-out ones, against ([\d.]+) and ([\d.]+) with "
+                    r"BatchNorm", text)
+  assert match, "the GroupNorm bullet's log-likelihoods"
+  bn = data["ema_cosine_28k_range11_fit"]["ode_fit"]
+  assert int(match[2]) == gn["train"]["images"]
+  for printed, value in zip((match[1], match[3], match[4], match[5]), (
+      gn["train"], gn["validation"], bn["train"], bn["validation"])):
+    assert_printed(printed, -value["nats_per_dim_true_class"], "nats per dimension")
+  speed = results("step_speed.json")
+  match = re.search(r"Its step is about a tenth slower than BatchNorm's: ([\d.]+) against ([\d.]+) "
+                    r"steps/s \(the medians of two rounds; each round GroupNorm's was ([\d.]+)–([\d.]+)× "
+                    r"BatchNorm's\).*? two alternating rounds of ([\d,]+) steps", text)
+  assert match, "the GroupNorm bullet's step speeds"
+  assert_printed(match[1], speed["variants"]["gn_cosine_28k_range11"]["steps_per_s"], "GroupNorm")
+  assert_printed(match[2], speed["variants"]["ema_cosine_28k_range11"]["steps_per_s"], "BatchNorm")
+  ratios = [g["steps_per_s"] / b["steps_per_s"] for g, b in zip(
+      speed["variants"]["gn_cosine_28k_range11"]["rounds"],
+      speed["variants"]["ema_cosine_28k_range11"]["rounds"])]
+  assert_printed(match[3], min(ratios), "slowest round's ratio")
+  assert_printed(match[4], max(ratios), "fastest round's ratio")
+  assert (speed["repeats"], speed["steps"]) == (2, int(match[5].replace(",", "")))
+  assert speed["variants"]["gn_cosine_28k_range11"]["model"]["unet"]["norm"] == "group"
+  assert speed["variants"]["ema_cosine_28k_range11"]["model"]["unet"]["norm"] == "batch"
+  match = re.search(r"ran the default's step at (\d+) steps/s, not the (\d+) of 2026-12-03's last "
+                    r"session \(([\d,]+) s for 28,000\), so its ([\d,]+) s for the GroupNorm run", text)
+  assert match, "the GroupNorm bullet's hosts"
+  assert_printed(match[1], speed["variants"]["ema_cosine_28k_range11"]["steps_per_s"], "host speed")
+  retrain = data["ema_cosine_28k_range11_fit"]["train_seconds"]
+  assert_printed(match[2], 28000 / retrain, "the earlier host's speed")
+  assert_printed(match[3], retrain, "the earlier host's seconds")
+  assert_printed(match[4], data["gn_cosine_28k_range11"]["train_seconds"], "GroupNorm seconds")
+
+
 _LOW_DATA_TABLES = [("low_data_seeds.json", "mlp", "MLP, 8×8"),
                     ("low_data_seeds.json", "unet", "seed U-Net, 16×16"),
                     ("low_data_seeds_wd02_depth4.json", "mlp",

@@ -139,10 +139,12 @@ def test_config_that_builds_another_network_is_refused(seed, tmp_path):
   config.model.unet.channels = (16, 32, 64, 128, 256)
   with pytest.raises(ValueError, match=r"model\.unet\.channels.*32,64,128,256,512"):
     seed_import.import_seed(seed_state_dict(net), config, str(tmp_path))
-  # The default recipe's network has GroupNorm where the seed's has BatchNorm.
+  # GroupNorm in the DoubleConvs where the seed's network has BatchNorm.
+  config = cbis_ddsm.get_config("seed")
+  config.model.unet.norm = "group"
   with pytest.raises(ValueError, match=r"model\.unet\.norm: the config has 'group'.*"
                                        r"--config\.model\.unet\.norm=batch"):
-    seed_import.import_seed(seed_state_dict(net), cbis_ddsm.get_config(), str(tmp_path))
+    seed_import.import_seed(seed_state_dict(net), config, str(tmp_path))
   config = cbis_ddsm.get_config("seed")
   config.data.num_channels = 1
   with pytest.raises(ValueError, match=r"data\.num_channels"):

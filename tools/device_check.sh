@@ -75,7 +75,6 @@ import time
 SMOKE = os.environ.get("SGC_DEVICE_CHECK_SMOKE", "0") == "1"
 SEED_CHANNELS = (32, 64, 128, 256, 512)
 DIGITS_CHANNELS = (16, 32, 64)
-DIGITS_NORM = "group"   # configs/digits_unet.py's model.unet.norm (the seed's network: "batch")
 CLASSES = 2
 
 
@@ -103,7 +102,7 @@ def groups():
                  ("seed_dopri5", 8, "float32"), ("default", 8, "float32")],
           train_steps=5, budget_s=10.0)),
       ("digits_unet_16", 90, dict(
-          model="digits_unet", channels=DIGITS_CHANNELS, norm=DIGITS_NORM, size=16, in_channels=1,
+          model="digits_unet", channels=DIGITS_CHANNELS, size=16, in_channels=1,
           train=[(1024, "float32"), (1024, "bfloat16"), (32, "float32")],
           score=[("default", 512, "float32"), ("config", 128, "float32"),
                  ("default", 512, "bfloat16")],
@@ -196,9 +195,7 @@ def measure_child(spec, deadline, emit):
     return settings, names
 
   settings, setting_names = scorer_settings()
-  norm = spec.get("norm", "batch")
-  base = {"model": spec["model"], "unet_channels": list(spec["channels"]), "unet_norm": norm,
-          "image": list(shape)}
+  base = {"model": spec["model"], "unet_channels": list(spec["channels"]), "image": list(shape)}
 
   def peak_bytes():
     try:
@@ -222,8 +219,7 @@ def measure_child(spec, deadline, emit):
 
   def build(dtype):
     if dtype not in built:
-      config = {"name": "unet", "dtype": dtype,
-                "unet": {"channels": tuple(spec["channels"]), "norm": norm}}
+      config = {"name": "unet", "dtype": dtype, "unet": {"channels": tuple(spec["channels"])}}
       model = models.get_model(config, CLASSES, sde)
       # The same parameters for both dtypes (parameters are float32 either way).
       variables = built.get("float32", (None, None))[1] or models.init_variables(
