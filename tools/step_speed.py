@@ -34,17 +34,18 @@ _RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "
 
 def steps_per_second(name: str, steps: int, data_dir: str = "") -> dict:
   """Trains `name`'s config for `steps` steps in a temporary workdir; its logged speed."""
+  # A log every 100 steps, and the first includes compilation: two logs at least.
+  if steps < 200:
+    raise ValueError(f"--steps: {steps} steps log fewer than 2 times (every 100); the first "
+                     "includes compilation, so at least 200 are needed")
   config = recipe_levers.variant_config(name, data_dir)
   config.training.num_steps = config.training.checkpoint_every = steps
-  config.training.log_every = min(100, steps)
+  config.training.log_every = 100
   load_before = os.getloadavg()
   with tempfile.TemporaryDirectory(prefix="step_speed_") as workdir:
     trainer.train(config, workdir)
     with open(os.path.join(workdir, "metrics.jsonl"), encoding="utf-8") as f:
       logged = [json.loads(line)["steps_per_s"] for line in f]
-  if len(logged) < 2:
-    raise ValueError(f"--steps: {steps} steps log {len(logged)} time(s); the first includes "
-                     "compilation, so at least 2 logs (200 steps) are needed")
   return {"steps_per_s": statistics.median(logged[1:]), "logged_steps_per_s": logged,
           "load_average": {"before": load_before, "after": os.getloadavg()}}
 
