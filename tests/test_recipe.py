@@ -55,8 +55,7 @@ def test_short_seed_unet_run_classifies_with_the_default_scorer(digits_data_dir,
   gave 0.15. With the config's 4 probes, on the first 60 images, which is all this test scores
   (scoring them took 15 s against the training's 38 s), 0.62. Cut this short, the EMA needs its
   warm-up (without it, 1,000 steps leave a third of the initial weights in the EMA: 0.10), and
-  the learning rate must stay at 1e-3 (2e-3:
-  0.10). A regression in the recipe or in the fast scorer shows as accuracy falling towards
+  the learning rate must stay at 1e-3 (2e-3: 0.10). A regression in the recipe or in the fast scorer shows as accuracy falling towards
   chance. The seed's scorer (Dopri5, one fixed Gaussian probe) is not compared: on such a
   model it gave 0.21 on 2 devices and 0.34 on 4 (an adaptive solve's round-off follows the
   per-device batch), too unstable to assert a gap against.
