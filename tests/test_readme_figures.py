@@ -480,7 +480,11 @@ def test_recipe_levers_group_norm_prose_equals_its_json(recipe_levers):
                     r"four; ([\d.]+)–([\d.]+) over the three trainings of the BatchNorm recipe, on "
                     r"three hosts\)", text)
   assert match, "the GroupNorm bullet's spreads"
-  group = [data[name]["ode"]["accuracy"] for name in data if name.startswith("gn_cosine_28k")]
+  # The two GroupNorm trainings, each scored with one probe and four (and the fit check's copy
+  # of the first): the rows that start the ODE elsewhere are the next bullet's.
+  group = [data[name]["ode"]["accuracy"] for name in data
+           if name.startswith("gn_cosine_28k") and data[name]["eval"]["eps"] == 1e-5]
+  assert len(group) == 5
   batch = {name: data[name] for name in ("ema_cosine_28k_range11", "ema_cosine_28k_range11_fit",
                                          "ema_cosine_28k_range11_4probes")}
   assert len({json.dumps(run.get("machine")) for run in batch.values()}) == 3   # three hosts
@@ -670,3 +674,19 @@ def test_mutation_sentence_equals_its_json():
   assert len(summary["caught"]) == words[quoted.group(1)] == len(data["mutations"])
   assert summary["missed"] == summary["not_applied"] == summary["error"] == []
   assert data["commit"].startswith(quoted.group(2))
+
+
+def test_recipe_levers_ode_start_prose_equals_its_json():
+  data = results("recipe_levers.json")
+  match = re.search(r"classify: eps = 1e-6 \*\*([\d.]+)\*\* / \*\*([\d.]+)\*\*, 1e-5 \(the recipe\) "
+                    r"([\d.]+) / ([\d.]+), 1e-4 \*\*([\d.]+)\*\* / \*\*([\d.]+)\*\*, 1e-3 \*\*([\d.]+)\*\* "
+                    r"/ \*\*([\d.]+)\*\*, 3e-3 \*\*([\d.]+)\*\* / \*\*([\d.]+)\*\*", README_ONE_LINE)
+  assert match, "the ODE start bullet's accuracies"
+  printed = iter(match.groups())
+  for eps, tag in ((1e-6, "_eps1e6"), (1e-5, ""), (1e-4, "_eps1e4"), (1e-3, "_eps1e3"),
+                   (3e-3, "_eps3e3")):
+    for seed, trained in ((0, "gn_cosine_28k_range11"), (1, "gn_cosine_28k_range11_seed1")):
+      run = data[trained + tag]
+      assert run["trained_as"] == trained and run["seed"] == seed
+      assert run["eval"]["eps"] == eps and run["eval"]["num_probes"] == 1
+      assert_printed(next(printed), run["ode"]["accuracy"], trained + tag)
