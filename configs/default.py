@@ -101,6 +101,9 @@ def get_config() -> ml_collections.ConfigDict:
   evaluation.probe = "rademacher"
   evaluation.num_probes = 1
   evaluation.resample_probes = True   # fresh probes at every step (exponential integrators only)
+  # Dequantizations per image, each scored with its own probes, log-likelihoods averaged:
+  # the uniform dequantization noise of 8-bit images is Monte Carlo noise in log p(x|y) too.
+  evaluation.num_dequantizations = 1
   evaluation.num_time_samples = 64    # denoising estimator (and the flow diagnostics' bound)
   # Ways of judging the model (sgc_jax/evaluators/): the class-likelihood tables and metrics,
   # the ODE against the bound (flow diagnostics), the sample grid and its quality, and the

@@ -83,13 +83,11 @@ class TrainedModel:
     if ids.shape != (n,):
       raise ValueError(f"ids: expected one id per image ({n}), got shape {ids.shape}")
     key = jax.random.PRNGKey(self.config.seed + 1) if key is None else key
-    deq_key, probe_key = jax.random.split(key)
     padded = -(-n // self.mesh.size) * self.mesh.size
     take = np.minimum(np.arange(padded), n - 1)      # pad by repeating the last image
     ids = ids[take].astype(np.uint32)
-    x = self.prepare(deq_key, ids, images[take])
-    x = jax.device_put(x, sharding.batch_sharded(self.mesh))
-    result = jax.device_get(self.scorer(x, ids, probe_key))
+    result = scorer.score_records(self.scorer, self.prepare, images[take], ids, key, self.mesh,
+                                  num_dequantizations=self.config.eval.num_dequantizations)
     # A tree map: an estimator's optional fields (None) stay None.
     return jax.tree.map(lambda v: np.asarray(v)[:n], result)
 

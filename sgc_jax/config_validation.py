@@ -103,6 +103,7 @@ def validate_config(config, builder=None, *, spec=None):
            "must be >= 2 (the last reverse-SDE step is the denoising step)")
   _require(evaluation.batch_size >= 1, "eval.batch_size", "must be >= 1")
   _require(evaluation.num_probes >= 1, "eval.num_probes", "must be >= 1")
+  _require(evaluation.num_dequantizations >= 1, "eval.num_dequantizations", "must be >= 1")
   _require(not (evaluation.get("resample_probes", False)
                 and evaluation.solver.lower() not in exponential_integrator.SOLVERS),
            "eval.resample_probes", f"fresh probes per step need an exponential integrator "

@@ -34,7 +34,7 @@ _MACHINE_FIELDS = ("data.data_dir", "data.num_classes")
 # saved before one of them reads as what it was, so it resumes, scores and passes the same-run
 # check against today's configs.
 _ADDED_LATER = {"data.random_shift": (0, 1), "model.unet.dropout": 0.0,
-                "model.unet.norm": "batch"}
+                "model.unet.norm": "batch", "eval.num_dequantizations": 1}
 
 
 def write_text_atomically(path: str, text: str) -> None:

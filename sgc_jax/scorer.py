@@ -16,6 +16,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from sgc_jax import estimators, inputs, likelihood, sharding
@@ -105,6 +106,36 @@ def _sharded_scorer(name: str, options: tuple, sde, num_classes: int, mesh):
   data = P(sharding.DATA_AXIS)
   return jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=(P(), data, data, P()),
                                out_specs=data, check_vma=False))
+
+
+def score_records(class_scorer, prepare, images, ids, key, mesh, *,
+                  num_dequantizations: int = 1) -> likelihood.LikelihoodResult:
+  """log p(x|y) for every class of integer records [B, H, W, C] (B a multiple of mesh.size).
+
+  Each image is dequantized (`prepare`), and its random draws taken (`class_scorer`),
+  from `key` folded with its id. With `num_dequantizations` = K > 1 the image is
+  dequantized K times, each time with its own probes, and the K log-likelihoods are
+  averaged: the K-sample estimate of E_u log p(x + u | y), the dequantization bound of
+  the discrete image, whose Monte Carlo noise (dequantization and probes together) falls
+  as 1/sqrt(K). Draw 0 uses `key`'s own streams, so K = 1 is the single-draw score.
+  Network evaluations add up over the draws; an image and class succeed only if every
+  draw did (a failed draw's NaN makes the mean NaN).
+  """
+  deq_key, probe_key = jax.random.split(key)
+  draws = []
+  for draw in range(num_dequantizations):
+    keys = (deq_key, probe_key) if draw == 0 else (jax.random.fold_in(deq_key, draw),
+                                                     jax.random.fold_in(probe_key, draw))
+    x = jax.device_put(prepare(keys[0], ids, images), sharding.batch_sharded(mesh))
+    draws.append(jax.device_get(class_scorer(x, ids, keys[1])))
+  if len(draws) == 1:
+    return draws[0]
+  halves = [d.half_log_likelihoods for d in draws]
+  return likelihood.LikelihoodResult(
+      log_likelihood=np.mean([d.log_likelihood for d in draws], axis=0),
+      num_function_evals=np.sum([d.num_function_evals for d in draws], axis=0),
+      success=np.all([d.success for d in draws], axis=0),
+      half_log_likelihoods=None if halves[0] is None else np.mean(halves, axis=0))
 
 
 def per_image_inputs(key, ids, images, config):

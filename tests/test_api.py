@@ -65,6 +65,23 @@ def test_load_gives_the_evaluation_tables_log_likelihoods(trained, loaded):
   assert not np.allclose(other.log_likelihood, expected, atol=1e-3)
 
 
+def test_load_scores_the_configured_number_of_dequantizations(trained, loaded):
+  """eval.num_dequantizations = 2: the first draw's numbers averaged with a second draw's."""
+  config, workdir = trained
+  source = records.data_source(reader.load_builder(loaded.config.data), "test")
+  images = np.stack([source[i]["image"] for i in range(4)])
+  one = loaded.log_likelihoods(images)
+  config = config.copy_and_resolve_references()
+  config.eval.num_dequantizations = 2
+  two = sgc_jax.load(workdir, config).log_likelihoods(images)
+  second = 2 * two.log_likelihood - one.log_likelihood     # the second draw alone
+  assert np.isfinite(second).all() and two.success.all()
+  assert not np.allclose(second, one.log_likelihood, atol=1e-3)
+  # Per image the draws agree up to the dequantization and probe noise of a tiny model.
+  assert np.abs(second - one.log_likelihood).max() < 0.05 * np.abs(one.log_likelihood).max()
+  assert (two.num_function_evals > one.num_function_evals).all()
+
+
 def test_a_second_load_of_the_same_run_reuses_the_compiled_scorer(trained, loaded):
   """Two loads of one run share one compiled class scorer: the second is not traced again."""
   from sgc_jax import scorer  # pylint: disable=import-outside-toplevel
@@ -141,11 +158,12 @@ def test_a_run_saved_before_later_options_reads_as_what_it_trained(trained, load
   with open(os.path.join(copy, run_dir.CONFIG_FILE), encoding="utf-8") as f:
     saved = json.load(f)
   del saved["data"]["random_shift"], saved["model"]["unet"]["dropout"], saved["model"]["unet"]["norm"]
+  del saved["eval"]["num_dequantizations"]
   with open(os.path.join(copy, run_dir.CONFIG_FILE), "w", encoding="utf-8") as f:
     json.dump(saved, f)
   restored = run_dir.read_config(copy)
   assert tuple(restored.data.random_shift) == (0, 1) and restored.model.unet.dropout == 0.0
-  assert restored.model.unet.norm == "batch"
+  assert restored.model.unet.norm == "batch" and restored.eval.num_dequantizations == 1
   # Today's config is the same run, so it loads with it.
   assert sgc_jax.load(copy, config).identity.variables_hash == loaded.identity.variables_hash
 

@@ -481,9 +481,10 @@ def test_recipe_levers_group_norm_prose_equals_its_json(recipe_levers):
                     r"three hosts\)", text)
   assert match, "the GroupNorm bullet's spreads"
   # The two GroupNorm trainings, each scored with one probe and four (and the fit check's copy
-  # of the first): the rows that start the ODE elsewhere are the next bullet's.
+  # of the first): the rows that start the ODE elsewhere or dequantize more are later bullets'.
   group = [data[name]["ode"]["accuracy"] for name in data
-           if name.startswith("gn_cosine_28k") and data[name]["eval"]["eps"] == 1e-5]
+           if name.startswith("gn_cosine_28k") and data[name]["eval"]["eps"] == 1e-5
+           and data[name]["eval"].get("num_dequantizations", 1) == 1]
   assert len(group) == 5
   batch = {name: data[name] for name in ("ema_cosine_28k_range11", "ema_cosine_28k_range11_fit",
                                          "ema_cosine_28k_range11_4probes")}
@@ -690,3 +691,28 @@ def test_recipe_levers_ode_start_prose_equals_its_json():
       assert run["trained_as"] == trained and run["seed"] == seed
       assert run["eval"]["eps"] == eps and run["eval"]["num_probes"] == 1
       assert_printed(next(printed), run["ode"]["accuracy"], trained + tag)
+
+
+def test_recipe_levers_dequantizations_prose_equals_its_json():
+  data = results("recipe_levers.json")
+  match = re.search(r"classifies \*\*([\d.]+)\*\* on the first seed's model and \*\*([\d.]+)\*\* on "
+                    r"the second's, against ([\d.]+) and ([\d.]+) with 4 probes on one dequantization "
+                    r"and ([\d.]+) and ([\d.]+) with one probe .*? The two trainings average "
+                    r"\*\*([\d.]+)\*\*, over the 0\.97 target; with 4 probes they average ([\d.]+)\. "
+                    r"The price is scoring time: (\d+) s for the split against (\d+) s with 4 probes "
+                    r"and (\d+) s with one .*? the second model's (\d+) s", README_ONE_LINE)
+  assert match, "the dequantizations bullet"
+  names = [f"gn_cosine_28k_range11{seed}{tag}" for tag in ("_4deq", "_4probes", "")
+           for seed in ("", "_seed1")]
+  for printed, name in zip(match.groups()[:6], names):
+    assert_printed(printed, data[name]["ode"]["accuracy"], name)
+  for name in names[:2]:
+    assert data[name]["eval"]["num_dequantizations"] == 4 and data[name]["eval"]["num_probes"] == 1
+  deq = [data[name]["ode"]["accuracy"] for name in names[:2]]
+  probes = [data[name]["ode"]["accuracy"] for name in names[2:4]]
+  assert_printed(match[7], np.mean(deq), "mean over the two trainings, 4 dequantizations")
+  assert np.mean(deq) >= 0.97
+  assert_printed(match[8], np.mean(probes), "mean over the two trainings, 4 probes")
+  for printed, name in zip((match[9], match[10], match[11], match[12]),
+                           (names[0], names[2], names[4], names[1])):
+    assert_printed(printed, data[name]["ode"]["seconds"], name + " scoring seconds")

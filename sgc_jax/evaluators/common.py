@@ -55,7 +55,6 @@ def score_source(config, class_scorer, prepare, source, *, mesh, key, desc: str,
     source = reader.SubsetSource(source, np.arange(n))
   process, processes = jax.process_index(), jax.process_count()
   positions = np.arange(process, n, processes)
-  deq_key, probe_key = jax.random.split(key)
   fields = ("image", "label", "id") if "id" in source[0] else ("image", "label")
   out = {"log_likelihood": [], "nfe": [], "success": [], "label": [], "id": []}
   start = time.perf_counter()
@@ -66,9 +65,8 @@ def score_source(config, class_scorer, prepare, source, *, mesh, key, desc: str,
                                               shard_index=process, shard_count=processes):
       # Without stored ids an image is named by its position in the split.
       ids = batch["id"] if "id" in batch else np.resize(positions[done:done + n_valid], batch_size)
-      x = prepare(deq_key, np.asarray(ids), batch["image"])
-      x = jax.device_put(x, sharding.batch_sharded(mesh))
-      result = jax.device_get(class_scorer(x, np.asarray(ids), probe_key))
+      result = scorer.score_records(class_scorer, prepare, batch["image"], np.asarray(ids), key,
+                                    mesh, num_dequantizations=config.eval.num_dequantizations)
       out["log_likelihood"].append(result.log_likelihood[:n_valid])
       if result.half_log_likelihoods is not None:
         out.setdefault("half_log_likelihoods", []).append(result.half_log_likelihoods[:n_valid])
