@@ -129,6 +129,11 @@ VARIANTS = {
     "gn_cosine_28k_range11_seed1": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
                                     "training.checkpoint_every": 4000, "data.range": (-1.0, 1.0),
                                     "model.unet.norm": "group", "seed": 1},
+    # The default recipe (BatchNorm) at a second seed, to be scored three ways: one probe,
+    # 4 probes and 4 dequantizations (the last lifted both GroupNorm trainings).
+    "ema_cosine_28k_range11_seed1": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
+                                     "training.checkpoint_every": 4000,
+                                     "data.range": (-1.0, 1.0), "seed": 1},
     # The default recipe, untouched, on the same digits upsampled to 32x32 (4x the pixels and
     # the multiply-adds, 1,024 dimensions): does it carry to a larger image without retuning?
     "ema_cosine_28k_range11_32px": {**_FAST_EVAL, **_LONG, "training.num_steps": 28000,
@@ -256,6 +261,10 @@ RESCORED = {"b32_cosine_48k_range11_54steps": ("b32_cosine_48k_range11", {"eval.
             **{f"gn_cosine_28k_range11{seed}_4deq": (f"gn_cosine_28k_range11{seed}",
                                                     {"eval.num_dequantizations": 4})
                for seed in ("", "_seed1")},
+            "ema_cosine_28k_range11_seed1_4probes": ("ema_cosine_28k_range11_seed1",
+                                                     {"eval.num_probes": 4}),
+            "ema_cosine_28k_range11_seed1_4deq": ("ema_cosine_28k_range11_seed1",
+                                                  {"eval.num_dequantizations": 4}),
             # The same 4 probes on the default recipe's model retrained with the fit check
             # (ema_cosine_28k_range11_fit, the EPYC host): probes against one model, paired.
             "ema_cosine_28k_range11_refit_4probes": ("ema_cosine_28k_range11",
